@@ -1,0 +1,36 @@
+"""Configuration: `YILIAN_*` environment variables (also read from `.env`).
+
+Every setting is listed with its default in the README; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YILIAN_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # Public base URL of the FHIR endpoint; used in Location headers, links and fullUrls.
+    base_url: str = "http://127.0.0.1:8080/fhir"
+    var_dir: Path = Path("var")
+    # `sqlite` (embedded, under var_dir) or a `mongodb://` URI (scale-out store, later issue).
+    store: str = "sqlite"
+    # Time zone assumed for dates and times that carry none (China Standard Time).
+    default_timezone: str = "+08:00"
+    max_body_bytes: int = 16 * 1024 * 1024
+    default_page_size: int = 20
+    max_page_size: int = 1000
+    # How long a search's result snapshot (behind its paging links) is kept.
+    search_snapshot_seconds: int = 3600
+    max_bundle_entries: int = 10000
+    log_level: str = "info"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.var_dir / "yilian.sqlite3"

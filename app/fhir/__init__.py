@@ -1,0 +1,1 @@
+"""FHIR R4 REST API: interactions, formats, operations, bundles."""

@@ -1,0 +1,83 @@
+"""`$validate` (http://hl7.org/fhir/R4/resource-operation-validate.html), type and instance level.
+
+Answers 200 with an OperationOutcome whether or not the resource is valid; 4xx only when the
+validation itself cannot be done (no resource, unknown mode or profile).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from app.fhir.interactions import Call, FhirService, Result
+from app.fhir.outcome import Issue, error, outcome
+from app.fhir.validation import validate_resource
+from app.pipeline.hooks import Interaction
+
+MODES = ("create", "update", "delete")
+
+
+async def validate_operation(svc: FhirService, call: Call, type_: str, id_: str | None,
+                             body: bytes | None, query: list[tuple[str, str]]) -> Result:
+    svc.check_type(type_)
+    interaction = Interaction("operation", type_, id_, "$validate", call.in_bundle)
+    await svc.authorize(call, interaction)
+    mode: str | None = next((v for k, v in query if k == "mode"), None)
+    profile: str | None = next((v for k, v in query if k == "profile"), None)
+    resource: dict[str, Any] | None = None
+    if body:
+        parsed = svc.parse_body(body, None)
+        if parsed.get("resourceType") == "Parameters":
+            for p in parsed.get("parameter", []) if isinstance(parsed.get("parameter"), list) \
+                    else []:
+                if not isinstance(p, dict):
+                    continue
+                if p.get("name") == "resource" and isinstance(p.get("resource"), dict):
+                    resource = p["resource"]
+                elif p.get("name") == "mode":
+                    mode = p.get("valueCode") or p.get("valueString")
+                elif p.get("name") == "profile":
+                    profile = p.get("valueUri") or p.get("valueCanonical")
+        else:
+            resource = parsed
+    if mode is not None and mode not in MODES:
+        raise error(400, "value", f"mode must be one of {', '.join(MODES)}, got {mode!r}", "mode")
+    if profile is not None and profile != f"http://hl7.org/fhir/StructureDefinition/{type_}":
+        raise error(400, "not-supported", f"profile {profile!r} is not known to this server; "
+                    f"it validates against the base R4 {type_} definition", "profile")
+    entities = []
+    if resource is None and id_ is not None:
+        stored = await svc.store.read(type_, id_)
+        if stored is None or stored.deleted or not svc.hooks.authorizer.visible(call.principal,
+                                                                                 stored):
+            raise error(404, "not-found", f"{type_}/{id_} is not known")
+        entities.append(stored)
+        resource = None if mode == "delete" else orjson.loads(stored.body)
+    if resource is None and mode != "delete":
+        raise error(400, "required", "send the resource to validate as the body (or in a "
+                    "Parameters resource as parameter 'resource')")
+    issues: list[Issue] = []
+    if resource is not None:
+        if resource.get("resourceType") != type_:
+            issues.append(Issue("error", "invalid", f"the resource is a "
+                                f"{resource.get('resourceType')!r}, not a {type_}",
+                                ("resourceType",)))
+        else:
+            found = validate_resource(resource, svc.registry)
+            issues += [Issue(i.severity, i.code, i.diagnostics, tuple(i.expression))
+                       for i in found]
+        if mode == "create" and "id" in resource and id_ is None:
+            issues.append(Issue("warning", "informational", "an id given on create is ignored",
+                                (f"{type_}.id",)))
+        if mode == "update" and resource.get("id") in (None, ""):
+            issues.append(Issue("error", "required", "an update needs the resource's id",
+                                (f"{type_}.id",)))
+        if mode == "update" and id_ is not None and resource.get("id") != id_:
+            issues.append(Issue("error", "invalid", f"the resource's id does not match {id_!r}",
+                                (f"{type_}.id",)))
+    if not any(i.severity in ("error", "fatal") for i in issues):
+        issues.insert(0, Issue("information", "informational",
+                               f"the {type_} is valid against the base FHIR R4 definition"))
+    await svc.audit(call, interaction, 200, entities)
+    return Result(200, outcome(issues))

@@ -1,0 +1,1 @@
+"""The request pipeline: authenticate → authorize → execute → audit → respond."""

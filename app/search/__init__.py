@@ -1,0 +1,1 @@
+"""FHIR R4 search: index extraction from SearchParameter definitions, query parsing, paging."""

@@ -1,0 +1,172 @@
+"""The ASGI application: wiring of settings, registry, store, hooks and routes.
+
+`create_app(settings)` builds everything from explicit inputs (no module-level singletons), so
+tests build as many independent servers as they like.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__
+from app.config import Settings
+from app.definitions.registry import load_registry
+from app.fhir.interactions import FhirService
+from app.fhir.outcome import FhirError, Issue, error, outcome_bytes
+from app.fhir.rest import FHIR_JSON, build_router
+from app.pipeline.hooks import Hooks
+from app.search.dates import now_instant, parse_offset
+from app.search.extract import Indexer
+from app.search.query import ParseContext
+from app.storage.base import Store
+
+log = logging.getLogger("yilian")
+
+
+class BodyLimit:
+    """Answer 413 with an OperationOutcome once a request body passes `limit` bytes."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await _send_outcome(send, 413, self._message())
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise FhirError(413, [Issue("error", "too-costly", self._message())])
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except FhirError as exc:
+            if not started:
+                await _send_outcome(send, exc.status, str(exc))
+
+    def _message(self) -> str:
+        return (f"the request body is larger than this server accepts ({self.limit} bytes; "
+                "YILIAN_MAX_BODY_BYTES); split the data into smaller requests")
+
+
+async def _send_outcome(send: Send, status: int, message: str) -> None:
+    body = outcome_bytes([Issue("error", "too-costly" if status == 413 else "exception",
+                                message)])
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", FHIR_JSON.encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_store(settings: Settings, indexer: Indexer) -> Store:
+    if settings.store == "sqlite":
+        from app.storage.sqlite import SqliteStore
+        return SqliteStore(settings.sqlite_path, load_registry(), indexer,
+                           snapshot_seconds=settings.search_snapshot_seconds)
+    raise ValueError(f"YILIAN_STORE={settings.store!r} is not supported yet; use 'sqlite'")
+
+
+def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> FastAPI:
+    settings = settings or Settings()
+    hooks = hooks or Hooks()
+    registry = load_registry()
+    tz = parse_offset(settings.default_timezone)
+    base = settings.base_url.rstrip("/")
+    indexer = Indexer.from_settings(registry, settings)
+    store = build_store(settings, indexer)
+    parse_ctx = ParseContext(registry, tz, (base,), settings.default_page_size,
+                             settings.max_page_size)
+    service = FhirService(store, registry, settings, hooks, parse_ctx)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.start()
+        app.state.started = now_instant()
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(title="Yilian (医链) FHIR R4 server", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.store = store
+    app.state.service = service
+    app.state.started = now_instant()
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Response:
+        request.state.principal = await hooks.authenticator.authenticate(request)
+        response: Response = await call_next(request)
+        return response
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(request: Request, exc: FhirError) -> Response:
+        return Response(outcome_bytes(exc.issues), status_code=exc.status,
+                        headers=exc.headers, media_type=FHIR_JSON)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            err = error(404, "not-found", f"no FHIR endpoint at {request.url.path}; the FHIR "
+                        "base is /fhir")
+        elif exc.status_code == 405:
+            err = error(405, "not-supported", f"{request.method} is not allowed on "
+                        f"{request.url.path}")
+        else:
+            err = error(exc.status_code, "exception", str(exc.detail))
+        return Response(outcome_bytes(err.issues), status_code=err.status, media_type=FHIR_JSON,
+                        headers=getattr(exc, "headers", None) or {})
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, exc: RequestValidationError) -> Response:
+        issues = [Issue("error", "invalid", str(e.get("msg")),
+                        (".".join(str(p) for p in e.get("loc", ())),)) for e in exc.errors()]
+        return Response(outcome_bytes(issues), status_code=400, media_type=FHIR_JSON)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        err = error(500, "exception", "the server failed unexpectedly; the failure is logged")
+        return Response(outcome_bytes(err.issues), status_code=500, media_type=FHIR_JSON)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return Response(b'{"name":"Yilian","fhir":"/fhir","metadata":"/fhir/metadata"}',
+                        media_type="application/json")
+
+    app.include_router(build_router(service))
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,130 @@
+"""The storage interface every backend implements (embedded SQLite now, MongoDB later).
+
+Callers above this line (REST interactions, transactions, operations) never see SQL or MongoDB
+queries: they read stored versions, run parsed searches (`app.search.query.SearchQuery`) and write
+through a unit of work, which commits all of its writes (resource, history, search index, and
+later the audit outbox) atomically or none of them.
+
+A backend is given the `Indexer` that turns a resource into search-index rows, so every backend
+indexes the same values; what it does with them (tables, multikey arrays) is its own business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.search.query import SearchQuery
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version of a resource as stored: its canonical JSON bytes and their metadata."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: str  # FHIR instant, UTC, millisecond precision: 2026-11-23T01:02:03.456Z
+    deleted: bool
+    body: bytes  # canonical JSON with meta.versionId/lastUpdated; b"" for a deletion
+    method: str = "PUT"  # POST | PUT | PATCH | DELETE: how this version came to be
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    type: str | None = None  # None: system history
+    id: str | None = None  # set: instance history
+    since: str | None = None  # FHIR instant; versions updated at or after it
+    at: str | None = None  # FHIR date/dateTime; versions current at that point in time
+    count: int = 20
+    offset: int = 0
+    snapshot: int | None = None  # paging cursor: only versions recorded up to this sequence
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    versions: list[StoredVersion]
+    total: int
+    snapshot: int  # pass back as HistoryQuery.snapshot for the next pages
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """One page of search results, in order, with what `_include`/`_revinclude` added."""
+
+    matches: list[StoredVersion]
+    included: list[StoredVersion]
+    total: int | None  # None when `_total=none` let the backend skip counting
+    snapshot_id: str | None  # paging cursor for the next pages; None when all fit one page
+    offset: int
+    has_more: bool
+
+
+@dataclass
+class WriteResult:
+    version: StoredVersion
+    created: bool
+    previous: StoredVersion | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class UnitOfWork(Protocol):
+    """Reads and writes inside one atomic transaction. Commits when the context exits cleanly."""
+
+    async def read(self, type_: str, id_: str) -> StoredVersion | None: ...
+
+    async def search_ids(self, query: SearchQuery, limit: int) -> list[tuple[str, str]]:
+        """(type, id) of current resources matching `query` (for conditional interactions)."""
+        ...
+
+    async def put(self, type_: str, id_: str, resource: dict[str, Any], *, method: str,
+                  if_match: int | None = None) -> WriteResult:
+        """Create or update `type_/id_` with `resource`; sets meta.versionId/lastUpdated.
+
+        Raises `VersionConflict` when `if_match` is given and is not the current version.
+        """
+        ...
+
+    async def delete(self, type_: str, id_: str, *,
+                     if_match: int | None = None) -> WriteResult | None:
+        """Delete the current version; None when there is nothing current to delete."""
+        ...
+
+    async def new_id(self) -> str: ...
+
+
+class Store(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def read(self, type_: str, id_: str) -> StoredVersion | None:
+        """The current version (possibly a deletion marker), or None if the id was never used."""
+        ...
+
+    async def vread(self, type_: str, id_: str, version: int) -> StoredVersion | None: ...
+
+    async def history(self, query: HistoryQuery) -> HistoryPage: ...
+
+    async def search(self, query: SearchQuery) -> SearchPage: ...
+
+    async def search_page(self, snapshot_id: str, offset: int, count: int,
+                          query: SearchQuery) -> SearchPage | None:
+        """A later page of an earlier search; None when the snapshot has expired."""
+        ...
+
+    def unit_of_work(self) -> AbstractAsyncContextManager[UnitOfWork]: ...
+
+    async def everything(self, patient_id: str, types: Sequence[str] | None, since: str | None,
+                         ) -> list[tuple[str, str]]:
+        """(type, id) of every current resource in the Patient compartment of `patient_id`."""
+        ...
+
+
+class VersionConflict(Exception):
+    def __init__(self, current: int | None, expected: int) -> None:
+        super().__init__(f"version {expected} expected, current is {current}")
+        self.current = current
+        self.expected = expected

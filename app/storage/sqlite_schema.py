@@ -1,0 +1,92 @@
+"""Schema of the embedded store: one SQLite file in WAL mode.
+
+- `resource`: one row per (type, id) pointing at the history row that holds its current version.
+- `history`: every version ever written, with its canonical JSON; `seq` orders all writes and is
+  the cursor for history paging.
+- `sp`: search parameters interned to small integers (`pid`), so index rows stay compact.
+- `ix_*`: one table per search-parameter type, keyed by `rid`; rows are replaced in the same
+  transaction as the resource they index.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resource(
+    rid INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    lu_ms INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL,
+    UNIQUE(type, id)
+);
+CREATE INDEX IF NOT EXISTS resource_type_lu ON resource(type, lu_ms);
+CREATE TABLE IF NOT EXISTS history(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rid INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    lu TEXT NOT NULL,
+    lu_ms INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    UNIQUE(rid, version)
+);
+CREATE INDEX IF NOT EXISTS history_lu ON history(lu_ms);
+CREATE TABLE IF NOT EXISTS sp(pid INTEGER PRIMARY KEY, type TEXT NOT NULL, code TEXT NOT NULL,
+                              UNIQUE(type, code));
+CREATE TABLE IF NOT EXISTS ix_string(rid INTEGER NOT NULL, pid INTEGER NOT NULL,
+                                     norm TEXT NOT NULL, exact TEXT);
+CREATE INDEX IF NOT EXISTS ix_string_v ON ix_string(pid, norm);
+CREATE INDEX IF NOT EXISTS ix_string_r ON ix_string(rid, pid);
+CREATE TABLE IF NOT EXISTS ix_token(rid INTEGER NOT NULL, pid INTEGER NOT NULL, system TEXT,
+                                    code TEXT, text TEXT);
+CREATE INDEX IF NOT EXISTS ix_token_v ON ix_token(pid, code, system);
+CREATE INDEX IF NOT EXISTS ix_token_r ON ix_token(rid, pid);
+CREATE TABLE IF NOT EXISTS ix_date(rid INTEGER NOT NULL, pid INTEGER NOT NULL,
+                                   lo INTEGER NOT NULL, hi INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_date_v ON ix_date(pid, lo);
+CREATE INDEX IF NOT EXISTS ix_date_r ON ix_date(rid, pid, lo, hi);
+CREATE TABLE IF NOT EXISTS ix_number(rid INTEGER NOT NULL, pid INTEGER NOT NULL,
+                                     value REAL NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_number_v ON ix_number(pid, lo);
+CREATE INDEX IF NOT EXISTS ix_number_r ON ix_number(rid, pid);
+CREATE TABLE IF NOT EXISTS ix_quantity(rid INTEGER NOT NULL, pid INTEGER NOT NULL, system TEXT,
+                                       code TEXT, value REAL NOT NULL, lo REAL NOT NULL,
+                                       hi REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_quantity_v ON ix_quantity(pid, code, lo);
+CREATE INDEX IF NOT EXISTS ix_quantity_r ON ix_quantity(rid, pid);
+CREATE TABLE IF NOT EXISTS ix_reference(rid INTEGER NOT NULL, pid INTEGER NOT NULL, ttype TEXT,
+                                        tid TEXT, url TEXT, isys TEXT, ival TEXT);
+CREATE INDEX IF NOT EXISTS ix_reference_v ON ix_reference(pid, tid, ttype);
+CREATE INDEX IF NOT EXISTS ix_reference_u ON ix_reference(pid, url) WHERE url IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_reference_i ON ix_reference(pid, ival) WHERE ival IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_reference_r ON ix_reference(rid, pid);
+CREATE TABLE IF NOT EXISTS ix_uri(rid INTEGER NOT NULL, pid INTEGER NOT NULL,
+                                  value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_uri_v ON ix_uri(pid, value);
+CREATE INDEX IF NOT EXISTS ix_uri_r ON ix_uri(rid, pid);
+CREATE TABLE IF NOT EXISTS ix_composite(rid INTEGER NOT NULL, pid INTEGER NOT NULL,
+                                        c1_system TEXT, c1_code TEXT, c2_system TEXT,
+                                        c2_code TEXT, c2_lo REAL, c2_hi REAL, c2_str TEXT,
+                                        c3_lo REAL, c3_hi REAL);
+CREATE INDEX IF NOT EXISTS ix_composite_v ON ix_composite(pid, c1_code, c2_code);
+CREATE INDEX IF NOT EXISTS ix_composite_r ON ix_composite(rid, pid);
+"""
+
+INDEX_TABLES = ("ix_string", "ix_token", "ix_date", "ix_number", "ix_quantity", "ix_reference",
+                "ix_uri", "ix_composite")
+
+SNAPSHOT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshot(
+    id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    rids BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshot_created ON snapshot(created_ms);
+"""

@@ -1,0 +1,128 @@
+"""Sampling profiles of the server with py-spy (https://github.com/benfred/py-spy).
+
+py-spy attaches to the running server from outside (no code change, all uvicorn workers with
+`--subprocesses`), records collapsed stacks while a workload runs, and `summarize` turns them
+into the functions where the time goes: by own time (the leaf of each sample) and by total time
+(anywhere on the stack), the latter restricted to the project's code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PY_SPY_VERSION = "0.4.3"
+# A collapsed-stack frame: "function (path/to/file.py:123)".
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def ensure_py_spy() -> str:
+    """The py-spy binary, installed into this virtualenv at PY_SPY_VERSION when missing."""
+    local = Path(sys.executable).parent / "py-spy"
+    if local.exists():
+        return str(local)
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    print(f"installing py-spy=={PY_SPY_VERSION} into {sys.prefix}", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                    f"py-spy=={PY_SPY_VERSION}"], check=True, timeout=600)
+    if not local.exists():
+        raise RuntimeError("pip installed py-spy but its binary is not in the virtualenv")
+    return str(local)
+
+
+class Recording:
+    """`py-spy record` attached to `pid` for `seconds`, started now, collected by `wait()`."""
+
+    def __init__(self, binary: str, pid: int, out: Path, seconds: float, rate: int = 100) -> None:
+        self.out = out
+        self.seconds = seconds
+        argv = [binary, "record", "--pid", str(pid), "--subprocesses", "--rate", str(rate),
+                "--duration", str(max(1, round(seconds))), "--format", "raw", "-o", str(out)]
+        if os.geteuid() != 0:
+            argv.insert(0, "sudo")
+        self.log = out.with_suffix(".log")
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        time.sleep(0.5)  # let py-spy attach before the workload starts
+
+    def wait(self) -> Path:
+        try:
+            self.proc.wait(timeout=self.seconds + 60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.returncode != 0 or not self.out.exists():
+            raise RuntimeError(f"py-spy failed (exit {self.proc.returncode}): "
+                               f"{self.log.read_text(errors='replace')[-2000:]}")
+        return self.out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@dataclass
+class FrameShare:
+    frame: str
+    samples: int
+    percent: float
+
+
+def _frame_name(raw: str) -> str:
+    """`function (file:line)` → `file:function`, paths shortened to the project or package."""
+    match = FRAME.match(raw.strip())
+    if not match:
+        return raw.strip()
+    path = match["file"]
+    for marker in ("/site-packages/", "/lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    else:
+        repo = str(Path(__file__).resolve().parent.parent) + "/"
+        path = path.removeprefix(repo)
+    return f"{path}:{match['func']}"
+
+
+def _is_project(frame: str) -> bool:
+    # app/cli.py only starts uvicorn, so it is under every sample and says nothing.
+    return frame.startswith(("app/", "bench/")) and not frame.startswith("app/cli.py")
+
+
+def summarize(collapsed: Path, top: int = 15) -> dict[str, Any]:
+    """Own-time and (project code) total-time shares of the recorded samples."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = [_frame_name(f) for f in stack.split(";")
+                  if f and not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        samples += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            if _is_project(frame):
+                total[frame] += count
+
+    def shares(counter: Counter[str]) -> list[dict[str, Any]]:
+        return [FrameShare(frame, n, round(100 * n / samples, 1)).__dict__
+                for frame, n in counter.most_common(top)] if samples else []
+
+    return {"samples": samples, "own": shares(own), "total_project": shares(total)}
