@@ -73,11 +73,27 @@ class Recording:
             self.proc.wait(timeout=10)
 
 
+# Leaves where a sampled thread waits rather than works: the reader/writer pools' idle threads
+# and uvloop's loop (its C code is mostly epoll_wait). py-spy's own idle detection misses them.
+IDLE_LEAVES = frozenset({
+    "concurrent/futures/thread.py:_worker", "asyncio/runners.py:Runner.run",
+    "threading.py:Condition.wait", "threading.py:Thread._wait_for_tstate_lock",
+    "queue.py:Queue.get", "selectors.py:EpollSelector.select",
+})
+IDLE = "(waiting: idle pool threads, event loop in epoll)"
+
+
 @dataclass
 class FrameShare:
     frame: str
     samples: int
     percent: float
+    hot_line: int | None = None
+
+
+def _line(raw: str) -> int | None:
+    match = FRAME.match(raw.strip())
+    return int(match["line"]) if match and match["line"] else None
 
 
 def _frame_name(raw: str) -> str:
@@ -104,6 +120,7 @@ def _is_project(frame: str) -> bool:
 def summarize(collapsed: Path, top: int = 15) -> dict[str, Any]:
     """Own-time and (project code) total-time shares of the recorded samples."""
     own: Counter[str] = Counter()
+    own_lines: Counter[tuple[str, int | None]] = Counter()
     total: Counter[str] = Counter()
     samples = 0
     for line in collapsed.read_text(errors="replace").splitlines():
@@ -111,18 +128,26 @@ def summarize(collapsed: Path, top: int = 15) -> dict[str, Any]:
         if not stack or not count_s.isdigit():
             continue
         count = int(count_s)
-        frames = [_frame_name(f) for f in stack.split(";")
-                  if f and not f.startswith(("process ", "thread "))]
+        raws = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        frames = [_frame_name(f) for f in raws]
         if not frames:
             continue
         samples += count
-        own[frames[-1]] += count
+        leaf = IDLE if frames[-1] in IDLE_LEAVES else frames[-1]
+        own[leaf] += count
+        own_lines[leaf, _line(raws[-1])] += count
         for frame in set(frames):
             if _is_project(frame):
                 total[frame] += count
 
-    def shares(counter: Counter[str]) -> list[dict[str, Any]]:
-        return [FrameShare(frame, n, round(100 * n / samples, 1)).__dict__
+    def hot_line(frame: str) -> int | None:
+        lines = Counter({ln: n for (f, ln), n in own_lines.items() if f == frame})
+        return lines.most_common(1)[0][0] if lines and frame != IDLE else None
+
+    def shares(counter: Counter[str], lines: bool) -> list[dict[str, Any]]:
+        return [FrameShare(frame, n, round(100 * n / samples, 1),
+                           hot_line(frame) if lines else None).__dict__
                 for frame, n in counter.most_common(top)] if samples else []
 
-    return {"samples": samples, "own": shares(own), "total_project": shares(total)}
+    return {"samples": samples, "own": shares(own, True),
+            "total_project": shares(total, False)}

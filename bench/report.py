@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from bench.profile import summarize
 from bench.server import REPO
 
 
@@ -67,8 +68,9 @@ def _profile(p: dict[str, Any] | None) -> list[str]:
              f"{p['seconds']:.0f} s ({p['summary']['samples']:,} samples) while "
              f"{p['workload']}. Raw collapsed stacks: `{p['raw']}`.", "",
              "Where the time is spent (own time: the function at the top of the stack):", "",
-             "| own time | function |", "| ---: | --- |"]
-    lines += [f"| {f['percent']:.1f} % | `{f['frame']}` |" for f in p["summary"]["own"]]
+             "| own time | function | hottest line |", "| ---: | --- | ---: |"]
+    lines += [f"| {f['percent']:.1f} % | `{f['frame']}` | {f.get('hot_line') or '–'} |"
+              for f in p["summary"]["own"]]
     lines += ["", "Project code by total time (the function or anything it calls):", "",
               "| total time | function |", "| ---: | --- |"]
     lines += [f"| {f['percent']:.1f} % | `{f['frame']}` |"
@@ -152,8 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results", type=Path)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "performance.md")
+    parser.add_argument("--resummarize", action="store_true",
+                        help="summarise the run's raw py-spy stacks again (after a change to "
+                             "bench/profile.py) and save the summary into the results file")
     args = parser.parse_args(argv)
-    args.out.write_text(render(orjson.loads(args.results.read_bytes())))
+    results = orjson.loads(args.results.read_bytes())
+    prof = results.get("profile")
+    if args.resummarize and prof and prof.get("raw"):
+        prof["summary"] = summarize(REPO / prof["raw"])
+        args.results.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    args.out.write_text(render(results))
     print(f"wrote {args.out}")
     return 0
 

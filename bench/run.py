@@ -190,61 +190,68 @@ class Bench:
 
     def wrk_runs(self, port: int, paths: list[str], name: str, connections: int
                  ) -> list[WrkResult]:
-        paths_file = write_paths(self.work / f"{name}.paths", paths)
+        return self.interleaved_runs([(port, paths, name)], connections)[0]
+
+    def interleaved_runs(self, targets: list[tuple[int, list[str], str]], connections: int
+                         ) -> list[list[WrkResult]]:
+        """`runs` wrk runs against each (port, paths, name), taking turns run by run, so that
+        a noisy neighbour slows all of them alike rather than one of them."""
         log = self.log_dir / "wrk.log"
-        print(f"  {name}: warm-up {self.cfg.warmup_seconds:.0f} s, then {self.cfg.runs} x "
+        files = [write_paths(self.work / f"{name}.paths", paths) for _, paths, name in targets]
+        names = " and ".join(name for _, _, name in targets)
+        print(f"  {names}: warm-up {self.cfg.warmup_seconds:.0f} s, then {self.cfg.runs} x "
               f"{self.cfg.seconds:.0f} s with {connections} connections", flush=True)
-        run_wrk(self.wrk, port, paths_file, seconds=self.cfg.warmup_seconds,
-                connections=connections, log_path=log)
-        results = []
+        for (port, _, _), paths_file in zip(targets, files, strict=True):
+            run_wrk(self.wrk, port, paths_file, seconds=self.cfg.warmup_seconds,
+                    connections=connections, log_path=log)
+        results: list[list[WrkResult]] = [[] for _ in targets]
         for _ in range(self.cfg.runs):
-            r = run_wrk(self.wrk, port, paths_file, seconds=self.cfg.seconds,
-                        connections=connections, log_path=log)
-            print(f"    {r.requests_per_s:,.0f} req/s  p50 {r.p50_ms:.1f} ms  p99 "
-                  f"{r.p99_ms:.1f} ms  failed {r.failed}", flush=True)
-            results.append(r)
+            for n, ((port, _, name), paths_file) in enumerate(zip(targets, files, strict=True)):
+                r = run_wrk(self.wrk, port, paths_file, seconds=self.cfg.seconds,
+                            connections=connections, log_path=log)
+                print(f"    {name}: {r.requests_per_s:,.0f} req/s  p50 {r.p50_ms:.1f} ms  "
+                      f"p99 {r.p99_ms:.1f} ms  failed {r.failed}", flush=True)
+                results[n].append(r)
         return results
 
     @staticmethod
     def failed_metric(runs: list[WrkResult]) -> Metric:
-        return Metric("failed requests (non-2xx, socket errors)", "requests", [float(r.failed)
-                                                                      for r in runs],
-                      target=0, op="<=", target_text="0")
+        return Metric("failed requests (non-2xx, socket errors)", "requests",
+                      [float(r.failed) for r in runs], target=0, op="<=", target_text="0")
 
-    def baseline(self) -> Measurement:
-        m = Measurement("baseline", "Baseline ceiling: bare FastAPI endpoint",
-                        "`GET /fixed` on `bench/baseline_app.py` (fixed bytes, no I/O) served by "
-                        "uvicorn with the FHIR server's options (workers, loop, http, no access "
-                        f"log); wrk with {self.cfg.throughput_connections} connections.")
+    def baseline_and_reads(self, port: int, manifest: dict[str, Any]) -> list[Measurement]:
+        """1. the ceiling and 3. read by id, their runs interleaved (both servers are up; the
+        one not under load is idle), so each read run has a ceiling taken moments before."""
+        conns = self.cfg.throughput_connections
+        base = Measurement("baseline", "Baseline ceiling: bare FastAPI endpoint",
+                           "`GET /fixed` on `bench/baseline_app.py` (fixed bytes, no I/O) served "
+                           "by uvicorn with the FHIR server's options (workers, loop, http, no "
+                           f"access log); wrk with {conns} connections.")
+        read = Measurement("read", "Read by id",
+                           "`GET /fhir/Observation/<id>` and `GET /fhir/Patient/<id>`, half "
+                           f"each, ids drawn per request from {PATH_MIX_SIZE:,} random existing "
+                           f"ones; wrk with {conns} connections, runs taking turns with the "
+                           "baseline's.")
         with baseline_server(self.log_dir / "server-baseline.log") as server:
-            runs = self.wrk_runs(server.port, ["/fixed"], "baseline",
-                                 self.cfg.throughput_connections)
-        m.metrics += [Metric("requests/s", "req/s", [r.requests_per_s for r in runs]),
-                      Metric("p99 latency", "ms", [r.p99_ms for r in runs]),
-                      self.failed_metric(runs)]
-        return m
-
-    def reads(self, port: int, manifest: dict[str, Any], ceiling: float | None) -> Measurement:
-        m = Measurement("read", "Read by id",
-                        f"`GET /fhir/Observation/<id>` and `GET /fhir/Patient/<id>`, half each, "
-                        f"ids drawn per request from {PATH_MIX_SIZE:,} random existing ones; wrk "
-                        f"with {self.cfg.throughput_connections} connections (as the baseline).")
-        runs = self.wrk_runs(port, read_paths(manifest, self.rng), "read",
-                             self.cfg.throughput_connections)
-        m.metrics.append(Metric("requests/s", "req/s", [r.requests_per_s for r in runs]))
-        if ceiling:
-            m.metrics.append(Metric("share of the baseline ceiling", "%",
-                                    [100 * r.requests_per_s / ceiling for r in runs],
-                                    target=100 * READ_SHARE_TARGET, op=">=",
-                                    target_text=f"≥ {100 * READ_SHARE_TARGET:.0f} %"))
-            m.notes.append(f"Share = each run's requests/s over the baseline median "
-                           f"({ceiling:,.0f} req/s).")
-        else:
-            m.notes.append("No baseline median was measured, so no share is given.")
-        m.metrics += [Metric("p50 latency", "ms", [r.p50_ms for r in runs]),
-                      Metric("p99 latency", "ms", [r.p99_ms for r in runs]),
-                      self.failed_metric(runs)]
-        return m
+            base_runs, read_runs = self.interleaved_runs(
+                [(server.port, ["/fixed"], "baseline"),
+                 (port, read_paths(manifest, self.rng), "read")], conns)
+        base.metrics += [Metric("requests/s", "req/s", [r.requests_per_s for r in base_runs]),
+                         Metric("p99 latency", "ms", [r.p99_ms for r in base_runs]),
+                         self.failed_metric(base_runs)]
+        read.metrics += [
+            Metric("requests/s", "req/s", [r.requests_per_s for r in read_runs]),
+            Metric("share of the baseline ceiling", "%",
+                   [100 * r.requests_per_s / b.requests_per_s
+                    for r, b in zip(read_runs, base_runs, strict=True) if b.requests_per_s],
+                   target=100 * READ_SHARE_TARGET, op=">=",
+                   target_text=f"≥ {100 * READ_SHARE_TARGET:.0f} %"),
+            Metric("p50 latency", "ms", [r.p50_ms for r in read_runs]),
+            Metric("p99 latency", "ms", [r.p99_ms for r in read_runs]),
+            self.failed_metric(read_runs)]
+        read.notes.append("Share = each read run's requests/s over the baseline run just "
+                          "before it.")
+        return [base, read]
 
     def search(self, port: int, ident: str, title: str, query: str, paths: list[str]
                ) -> Measurement:
@@ -487,7 +494,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     wrk = ensure_wrk()
     spy = None if args.no_profile else ensure_py_spy()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -503,11 +511,6 @@ def main(argv: list[str] | None = None) -> int:
     measurements: list[Measurement] = []
     profile_info: dict[str, Any] | None = None
     try:
-        base = attempt(bench, "baseline", bench.baseline)
-        ceiling = base.metrics[0].median if base else None
-        if base:
-            measurements.append(base)
-
         spec = DatasetSpec(cfg.patients, cfg.observations_per_patient, cfg.seed)
         print("== data set", flush=True)
         dataset = load_dataset(spec, CACHE, log_dir, reload=args.reload,
@@ -526,8 +529,14 @@ def main(argv: list[str] | None = None) -> int:
         store = working_copy(dataset, work / "store")
         with yilian_server(store, log_dir / "server.log") as server:
             port = server.port
+            print("== baseline ceiling and read by id", flush=True)
+            try:
+                measurements += bench.baseline_and_reads(port, manifest)
+            except (RuntimeError, OSError, ValueError, KeyError,
+                    http.client.HTTPException) as exc:
+                traceback.print_exc()
+                bench.problems.append(f"baseline and read by id: {type(exc).__name__}: {exc}")
             for title, fn in (
-                ("read by id", lambda: bench.reads(port, manifest, ceiling)),
                 ("search by patient and code", lambda: bench.search(
                     port, "search-code", "Search: Observation by patient and code",
                     "Observation?patient=…&code=http://loinc.org|…", paths["search-code"])),

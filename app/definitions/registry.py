@@ -56,6 +56,10 @@ class Registry:
     search_params: dict[str, dict[str, SearchParamDef]]
     params_by_url: dict[str, SearchParamDef]
     compartment_patient: dict[str, tuple[str, ...]]
+    # type -> element path -> required value set url (only those expandable from the spec)
+    required_bindings: dict[str, dict[str, str]] = field(default_factory=dict)
+    # value set url -> code system -> codes
+    value_set_codes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
     _elements: dict[str, dict[str, ElementInfo]] = field(default_factory=dict)
 
     def is_resource_type(self, name: str) -> bool:
@@ -74,6 +78,11 @@ class Registry:
 
     def element(self, type_name: str, path: str) -> ElementInfo | None:
         return self.elements(type_name).get(path)
+
+    def required_codes(self, type_name: str, path: str) -> dict[str, frozenset[str]] | None:
+        """The codes allowed by a required binding on `type_name.path`, by code system."""
+        url = self.required_bindings.get(type_name, {}).get(path)
+        return self.value_set_codes.get(url) if url else None
 
     def param(self, resource_type: str, code: str) -> SearchParamDef | None:
         return self.search_params.get(resource_type, {}).get(code)
@@ -122,7 +131,11 @@ def load_registry() -> Registry:
             description=p.get("description", ""),
         )
     compartment = {k: tuple(v) for k, v in _read("compartment-patient.json.gz").items()}
-    return Registry(types, resource_types, search_params, params_by_url, compartment)
+    bindings = _read("required-bindings.json.gz")
+    codes = {url: {system: frozenset(c) for system, c in by_system.items()}
+             for url, by_system in bindings["valueSets"].items()}
+    return Registry(types, resource_types, search_params, params_by_url, compartment,
+                    bindings["bindings"], codes)
 
 
 def _expression_for(expression: str | None, resource_type: str, base: str) -> str | None:

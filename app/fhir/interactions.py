@@ -33,6 +33,7 @@ from app.storage.base import (
     VersionConflict,
 )
 
+MAX_INT = 2**62  # larger numbers are client errors, never SQLite overflows
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 ETAG_RE = re.compile(r'^(?:W/)?"([0-9]+)"$')
 PAGING_PARAMS = ("_page_token", "_offset")
@@ -189,7 +190,7 @@ class FhirService:
         self.check_id(id_)
         interaction = Interaction("vread", type_, id_, in_bundle=call.in_bundle)
         await self.authorize(call, interaction)
-        if not vid.isdigit():
+        if not vid.isdigit() or int(vid) > MAX_INT:
             raise error(404, "not-found", f"{type_}/{id_} has no version {vid!r}: version ids "
                         "on this server are whole numbers")
         v = await self.store.vread(type_, id_, int(vid))
@@ -404,8 +405,10 @@ class FhirService:
                         self.settings.max_page_size)
             offset = int(values.get("_offset", 0))
             snapshot = int(values["_snapshot"]) if "_snapshot" in values else None
-            if count < 0 or offset < 0:
-                raise ValueError("negative")
+            if count < 0 or offset < 0 or (snapshot is not None and snapshot < 0):
+                raise ValueError("negative numbers are not allowed")
+            if offset > MAX_INT or (snapshot is not None and snapshot > MAX_INT):
+                raise ValueError("number out of range")
         except ValueError as exc:
             raise error(400, "invalid", f"bad history parameter: {exc}. _since and _at are FHIR "
                         "dateTimes, _count and _offset non-negative whole numbers") from None
@@ -463,8 +466,9 @@ class FhirService:
                         f"{', '.join(unknown_elements)}", "_elements")
         page: SearchPage | None
         if token is not None:
-            if not offset_raw.isdigit():
-                raise error(400, "invalid", "_offset must be a whole number", "_offset")
+            if not offset_raw.isdigit() or int(offset_raw) > MAX_INT:
+                raise error(400, "invalid", "_offset must be a whole number below 2^62",
+                            "_offset")
             page = await self.store.search_page(token, int(offset_raw), query.count, query)
             if page is None:
                 raise error(410, "expired", "these search results have expired; run the search "

@@ -10,9 +10,8 @@ two passes:
    ele-1, ext-1, dom-2 and dom-4. Resource types that R4B dropped are validated by this pass
    alone.
 2. An R4B model pass (pydantic) over whatever R4B represents the same way as R4. Elements whose
-   R4 and R4B definitions differ are left out of the model input; the R4 pass has already
-   checked them. Resource types whose R4B definition requires something R4 does not are not
-   model-validated at all.
+   R4 and R4B definitions differ are left out of the model input, and the models' verdicts on
+   required elements are ignored; the R4 pass has already checked both by R4's rules.
 
 The differences between R4 and R4B are computed from the two sets of definitions (see
 `compare_r4_r4b`), never listed by hand; docs/r4-on-r4b.md holds the result and the choices.
@@ -34,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -49,6 +48,7 @@ __all__ = [
     "R4Validator",
     "compare_r4_r4b",
     "comparison_markdown",
+    "required_codes",
     "validate_resource",
     "validator_for",
 ]
@@ -67,7 +67,6 @@ MAX_STRING_BYTES = 1024 * 1024
 NOT_IN_R4 = frozenset({"SubscriptionStatus"})
 
 _ABSTRACT_RESOURCES = frozenset({"Resource", "DomainResource"})
-
 
 # --------------------------------------------------------------------------------------------
 # Primitive datatypes (R4 datatypes.html): each checker returns None or what is wrong.
@@ -88,7 +87,14 @@ _URI_RE = re.compile(r"\S+")
 _OID_RE = re.compile(r"urn:oid:[0-2](\.(0|[1-9][0-9]*))+")
 _UUID_RE = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _BASE64_CHARS = re.compile(r"[A-Za-z0-9+/=]*")
+_TYPE_NAME_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _not_in(value: Any, codes: frozenset[str]) -> str:
+    listed = sorted(codes)
+    shown = ", ".join(listed[:12]) + (", ..." if len(listed) > 12 else "")
+    return f"{_preview(value)} is not in the value set R4 requires here ({shown})"
 
 
 def _cap(type_code: str) -> str:
@@ -258,6 +264,7 @@ class _R4BElement:
     types: tuple[str, ...]
     min: int
     many: bool
+    codes: tuple[str, ...] = ()  # fhir.resources' `enum_values`, parsed from the short text
 
 
 @dataclass(slots=True)
@@ -281,7 +288,7 @@ class _R4BTable:
         return key if key in self.elements else None
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded: names can come from client input (resourceType)
 def _r4b_model(name: str) -> Any:
     from fhir.resources.R4B import get_fhir_model_class
 
@@ -296,7 +303,7 @@ def _r4b_is_resource(name: str) -> bool:
     return cls is not None and name not in _ABSTRACT_RESOURCES and bool(cls.has_resource_base())
 
 
-@cache
+@lru_cache(maxsize=1024)
 def _r5_is_resource(name: str) -> bool:
     from fhir.resources import get_fhir_model_class
 
@@ -368,7 +375,8 @@ def _r4b_table(name: str) -> _R4BTable | None:
                     (*(old.types if old else ()), type_name),
                     max(required, old.min if old else 0), many)
                 continue
-            table.elements[key] = _R4BElement((type_name,), required, many)
+            codes = tuple(str(c) for c in extra.get("enum_values") or ())
+            table.elements[key] = _R4BElement((type_name,), required, many, codes)
             if backbone:
                 assert isinstance(target, type)
                 table.class_at[key] = target
@@ -381,8 +389,8 @@ def _r4b_table(name: str) -> _R4BTable | None:
 
 
 @cache
-def _r4b_only_keys(owner: str, r4_prefix: str) -> frozenset[str]:
-    """JSON property names R4B allows in an object that R4 knows as (owner, prefix)."""
+def _r4b_keys(owner: str, r4_prefix: str) -> frozenset[str]:
+    """JSON property names R4B allows in the object R4 knows as (owner, prefix)."""
     table = _r4b_table(owner)
     if table is None:
         return frozenset()
@@ -403,6 +411,19 @@ def _r4b_only_keys(owner: str, r4_prefix: str) -> frozenset[str]:
         else:
             keys.add(name)
     return frozenset(keys)
+
+
+def required_codes(registry: Registry, type_name: str, path: str) -> frozenset[str] | None:
+    """The codes R4 allows in the code element `type_name.path`, or None when unchecked.
+
+    From the required bindings of the R4 base definitions whose value sets the spec itself
+    expands (`app/definitions/data/required-bindings.json.gz`); bindings to code systems not
+    published with R4 (BCP 47, MIME types, UCUM) are not checked here.
+    """
+    by_system = registry.required_codes(type_name, path)
+    if not by_system:
+        return None
+    return frozenset().union(*by_system.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -603,6 +624,7 @@ class _Slot:
     resource_types: frozenset[str] | None  # for resource slots: allowed types, None = any
     choice: str | None  # choice element base name, "value" for valueQuantity
     prune: bool  # left out of the R4B model input
+    codes: frozenset[str] | None  # the required value set of a code element, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -643,13 +665,12 @@ class R4Validator:
         self._nodes: dict[tuple[str, str], _Node] = {}
         self._compatible: dict[str, bool] = {}
 
-    # -- public ---------------------------------------------------------------------------
-
     def validate(self, resource: Any) -> list[Issue]:
+        """See `validate_resource`."""
         run = _Run()
         try:
-            pruned = self._resource(resource, "", 0, run, None, contained=False)
-            if not run.issues and pruned is not None:
+            self._resource(resource, "", 0, run, None, contained=False)
+            if not run.issues:
                 self._models(run)
         except _Stop:
             pass
@@ -658,8 +679,8 @@ class R4Validator:
                                     "The resource is nested too deeply to validate."))
         return run.issues
 
-    def model_compatible(self, type_name: str) -> bool:
-        """Whether fhir.resources has an R4B model of the same kind for this R4 type."""
+    def _has_r4b_model(self, type_name: str) -> bool:
+        """Whether fhir.resources has an R4B model of the same kind (resource or not)."""
         known = self._compatible.get(type_name)
         if known is None:
             cls = _r4b_model(type_name)
@@ -670,7 +691,7 @@ class R4Validator:
 
     # -- nodes ----------------------------------------------------------------------------
 
-    def node(self, owner: str, prefix: str) -> _Node:
+    def _node(self, owner: str, prefix: str) -> _Node:
         key = (owner, prefix)
         node = self._nodes.get(key)
         if node is None:
@@ -723,8 +744,10 @@ class R4Validator:
         elif checker is None:
             node = (code, "")
         prune = False if resource else self._prunes(owner, path, info, code)
+        codes = (required_codes(self.registry, owner, path)
+                 if code == "code" and not prune else None)
         return _Slot(element, path, code, info.many, fhirpath, checker, node, resource, allowed,
-                     choice, prune)
+                     choice, prune, codes)
 
     def _prunes(self, owner: str, path: str, info: ElementInfo, code: str) -> bool:
         """Whether R4B would reject R4-valid content here, so the model must not see it."""
@@ -745,42 +768,41 @@ class R4Validator:
         if code not in other.types:
             return True
         if code[0].isupper() and code not in ("BackboneElement", "Element"):
-            return not self.model_compatible(code)
+            return not self._has_r4b_model(code)
         return False
 
     # -- walk -----------------------------------------------------------------------------
 
     def _resource(self, value: Any, expr: str, depth: int, run: _Run,
-                  allowed: frozenset[str] | None, *, contained: bool) -> dict[str, Any] | None:
-        """Check a whole resource; queue it for the model pass. Returns None if unusable."""
+                  allowed: frozenset[str] | None, *, contained: bool) -> None:
+        """Check a whole resource and queue what the R4B model should see of it."""
         at = f"{expr}: " if expr else ""
         if type(value) is not dict:
             run.add("structure", expr,
                     f"{at}a FHIR resource must be a JSON object, got {_json_kind(value)}")
-            return None
+            return
         rtype = value.get("resourceType")
         if rtype is None:
             run.add("required", expr, f"{at}the resource has no resourceType property")
-            return None
+            return
         if type(rtype) is not str:
             run.add("structure", expr,
                     f"{at}resourceType must be a string, got {_json_kind(rtype)}")
-            return None
+            return
         if rtype not in self._resource_types:
             run.add("not-supported", expr, at + self._unknown_type(rtype))
-            return None
+            return
         if allowed is not None and rtype not in allowed:
             run.add("structure", expr, f"{at}a {rtype} is not allowed here; expected "
                                        f"{' or '.join(sorted(allowed))}")
-            return None
+            return
         here = f"{expr}.ofType({rtype})" if expr else rtype
         if contained:
             self._contained_rules(value, here, run)
-        node = self.node(rtype, "")
+        node = self._node(rtype, "")
         pruned = self._object(value, node, here, depth + 1, run)
-        if isinstance(pruned, dict) and self.model_compatible(rtype):
+        if self._has_r4b_model(rtype):
             run.models.append((rtype, pruned, here))
-        return pruned if isinstance(pruned, dict) else None
 
     def _contained_rules(self, value: dict[str, Any], here: str, run: _Run) -> None:
         if "contained" in value:
@@ -793,6 +815,8 @@ class R4Validator:
                     "meta.lastUpdated (dom-4)")
 
     def _unknown_type(self, rtype: str) -> str:
+        if not _TYPE_NAME_RE.fullmatch(rtype):
+            return f"{_preview(rtype)} is not a FHIR resource type name"
         if rtype in _ABSTRACT_RESOURCES:
             return f"{rtype} is abstract; use a concrete resource type such as Patient"
         if rtype in NOT_IN_R4 or _r4b_is_resource(rtype):
@@ -889,17 +913,18 @@ class R4Validator:
             return
         where = node.owner + (f".{node.prefix[:-1]}" if node.prefix else "")
         bare = key[1:] if key.startswith("_") else key
-        if bare in _r4b_only_keys(node.owner, node.prefix):
-            text = (f"{expr}: {key!r} is not an element of {where} in FHIR R4 (4.0.1); FHIR "
+        shown = _preview(key)
+        if bare in _r4b_keys(node.owner, node.prefix):
+            text = (f"{expr}: {shown} is not an element of {where} in FHIR R4 (4.0.1); FHIR "
                     "R4B (4.3.0) added it, and this server accepts R4 only")
         elif any(s.choice == key for s in node.slots.values()):
             examples = [k for k, s in node.slots.items() if s.choice == key][:3]
-            text = (f"{expr}: {key!r} is a choice element; name the type in the property, "
+            text = (f"{expr}: {shown} is a choice element; name the type in the property, "
                     f"e.g. {', '.join(examples)}")
         else:
-            text = (f"{expr}: unknown element {key!r}: FHIR R4 defines no such element in "
+            text = (f"{expr}: unknown element {shown}: FHIR R4 defines no such element in "
                     f"{where}{self._did_you_mean(bare, node.slots)}")
-        run.add("structure", f"{expr}.{key}", text)
+        run.add("structure", f"{expr}.{key[:64]}", text)
 
     def _primitive(self, obj: dict[str, Any], key: str, value: Any, slot: _Slot, expr: str,
                    run: _Run) -> None:
@@ -917,6 +942,8 @@ class R4Validator:
             problem = checker(value)
             if problem is not None:
                 run.add("value", here, f"{here}: {problem}")
+            elif slot.codes is not None and value not in slot.codes:
+                run.add("code-invalid", here, f"{here}: {_not_in(value, slot.codes)}")
             return
         if type(value) is not list:
             run.add("structure", here, f"{here}: {key!r} repeats, so it must be a JSON array")
@@ -936,11 +963,14 @@ class R4Validator:
             problem = checker(item)
             if problem is not None:
                 run.add("value", f"{here}[{i}]", f"{here}[{i}]: {problem}")
+            elif slot.codes is not None and item not in slot.codes:
+                run.add("code-invalid", f"{here}[{i}]",
+                        f"{here}[{i}]: {_not_in(item, slot.codes)}")
 
     def _primitive_extension(self, obj: dict[str, Any], key: str, value: Any, slot: _Slot,
                              expr: str, depth: int, run: _Run) -> Any:
         here = f"{expr}.{slot.fhirpath}"
-        element = self.node("Element", "")
+        element = self._node("Element", "")
         if not slot.many:
             if type(value) is list:
                 run.add("structure", here, f"{here}: {key!r} must be an object because "
@@ -977,7 +1007,7 @@ class R4Validator:
     def _complex(self, value: Any, slot: _Slot, expr: str, depth: int, run: _Run) -> Any:
         here = f"{expr}.{slot.fhirpath}"
         assert slot.node is not None
-        node = self.node(*slot.node)
+        node = self._node(*slot.node)
         if not slot.many:
             if type(value) is list:
                 run.add("structure", here, f"{here}: {slot.element} repeats at most once, so it "
@@ -1075,7 +1105,7 @@ class R4Validator:
         run.add(code, here, f"{here}: {message}{suffix}")
 
     def _loc_expression(self, rtype: str, expr: str, loc: Any) -> str:
-        node: _Node | None = self.node(rtype, "")
+        node: _Node | None = self._node(rtype, "")
         out = expr
         for part in loc:
             if type(part) is int:
@@ -1087,7 +1117,7 @@ class R4Validator:
                 slot = node.slots.get(key[1:])
                 if slot is not None:
                     out += f".{slot.fhirpath}"
-                    node = self.node("Element", "")
+                    node = self._node("Element", "")
                     continue
             if slot is None:
                 if key not in ("resource_type", "root"):
@@ -1095,7 +1125,7 @@ class R4Validator:
                 node = None
                 continue
             out += f".{slot.fhirpath}"
-            node = self.node(*slot.node) if slot.node else None
+            node = self._node(*slot.node) if slot.node else None
         return out
 
 

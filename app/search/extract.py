@@ -33,7 +33,11 @@ parameter's type and the item's FHIR type, following the R4 search semantics:
 - uri: uri/url/canonical/oid/uuid kept whole; a canonical with `|version` also gets a row
   without the version, so `url=` finds it with or without one.
 - composite: the base expression's elements, then every component expression on each element;
-  one CompositeRow for each combination of component values within one element.
+  one CompositeRow for each combination of component values within one element. A reference
+  component fills a token pair of columns with (type, id), or (None, url) when not local.
+  A component is converted by its definition's type unless that type cannot hold what its
+  expression yields: R4's DocumentReference `relationship` pairs the reference definition with
+  `code` and the token definition with `target`, so it is indexed as (code, target).
 
 `_content`, `_text`, `_query`, `special` parameters (`Location.near`) and parameters without
 an expression produce no rows. Values that are not what their type says (an unparseable date, a
@@ -47,17 +51,18 @@ precision is read from the shortest float repr; parse with `parse_float=Decimal`
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
 from app.config import Settings
 from app.definitions.registry import Registry, SearchParamDef
+from app.search.dates import date_range_ms, parse_offset_ms
 from app.search.fhirpath import Expression, FHIRPathCompiler, Item, Node
 from app.search.index import (
     DATE_MAX,
@@ -81,6 +86,8 @@ from app.search.normalize import (
 
 __all__ = ["Indexer", "date_range_ms", "decimal_range", "parse_offset_ms"]
 
+_log = logging.getLogger(__name__)
+
 SKIPPED_PARAMS = frozenset({"_content", "_text", "_query"})
 PINYIN_RESOURCES = frozenset({"Patient", "Practitioner", "RelatedPerson", "Person"})
 PINYIN_PARAMS = frozenset({"name", "family", "given", "phonetic"})
@@ -94,133 +101,6 @@ _TOKEN_PRIMITIVES = frozenset({"code", "string", "id", "uri", "url", "canonical"
                                "markdown"})
 _URI_TYPES = frozenset({"uri", "url", "canonical", "oid", "uuid"})
 _DATE_PRIMITIVES = frozenset({"date", "dateTime", "instant"})
-
-
-# ---------------------------------------------------------------------------------------------
-# Dates: FHIR date/dateTime/instant → half-open ms range. Same semantics as
-# `app.search.dates.date_range` (which parses the query side) but with integer arithmetic: it
-# runs several times per resource on the write path.
-
-_DATE_RE = re.compile(
-    r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2})"
-    r"(?:T([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?"
-    r"(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
-)
-# Times to the second or finer (effective times, meta.lastUpdated): most dates on the write path.
-_SECONDS_RE = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
-    r"(Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])?"
-)
-_EPOCH = datetime(1970, 1, 1)
-_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
-_OFFSET_RE = re.compile(r"([+-])([0-9]{2}):([0-9]{2})")
-_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-_DAY_MS = 86_400_000
-
-
-def parse_offset_ms(text: str) -> int:
-    """`+08:00` → 28 800 000; `Z` → 0. Raises ValueError naming the expected form."""
-    if text == "Z":
-        return 0
-    m = _OFFSET_RE.fullmatch(text)
-    if m is None or int(m.group(2)) > 14 or int(m.group(3)) > 59:
-        raise ValueError(f"time zone offset {text!r} is not of the form +08:00 (at most ±14:00)")
-    minutes = int(m.group(2)) * 60 + int(m.group(3))
-    return (-1 if m.group(1) == "-" else 1) * minutes * 60_000
-
-
-def _days_from_civil(y: int, m: int, d: int) -> int:
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-
-
-def _month_days(y: int, m: int) -> int:
-    if m == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0):
-        return 29
-    return _DAYS_IN_MONTH[m]
-
-
-# The results of a lab panel (血常规: 20-odd Observations) share their effective and issued
-# times, so recent values are worth remembering.
-@lru_cache(maxsize=4096)
-def date_range_ms(text: str, default_offset_ms: int) -> tuple[int, int] | None:
-    """[lo, hi) in epoch ms of a FHIR date, dateTime or instant; None if it is not one."""
-    seconds = _SECONDS_RE.fullmatch(text)
-    if seconds is not None:
-        return _seconds_range(text, seconds, default_offset_ms)
-    m = _DATE_RE.fullmatch(text)
-    if m is None:
-        return None
-    ys, ms, ds, hs, mins, ss, frac, tz = m.groups()
-    y = int(ys)
-    if y < 1:
-        return None
-    if ms is None:
-        lo_days, hi_days = _days_from_civil(y, 1, 1), _days_from_civil(y + 1, 1, 1)
-    else:
-        mo = int(ms)
-        if not 1 <= mo <= 12:
-            return None
-        if ds is None:
-            lo_days = _days_from_civil(y, mo, 1)
-            hi_days = lo_days + _month_days(y, mo)
-        else:
-            d = int(ds)
-            if not 1 <= d <= _month_days(y, mo):
-                return None
-            lo_days = _days_from_civil(y, mo, d)
-            hi_days = lo_days + 1
-    offset = default_offset_ms
-    if tz is not None:
-        if tz == "Z":
-            offset = 0
-        else:
-            th, tm = int(tz[1:3]), int(tz[4:6])
-            if th > 14 or tm > 59:
-                return None
-            offset = (th * 60 + tm) * 60_000 * (-1 if tz[0] == "-" else 1)
-    if hs is None:
-        return lo_days * _DAY_MS - offset, hi_days * _DAY_MS - offset
-    h, mi = int(hs), int(mins)
-    if h > 23 or mi > 59:
-        return None
-    lo = lo_days * _DAY_MS + (h * 60 + mi) * 60_000
-    if ss is None:
-        width = 60_000
-    else:
-        s = int(ss)
-        if s > 59:
-            return None
-        lo += s * 1000
-        if frac is None:
-            width = 1000
-        elif len(frac) >= 3:
-            lo += int(frac[:3])
-            width = 1
-        else:
-            lo += int(frac) * 10 ** (3 - len(frac))
-            width = 10 ** (3 - len(frac))
-    return lo - offset, lo - offset + width
-
-
-def _seconds_range(
-    text: str, match: re.Match[str], default_offset_ms: int
-) -> tuple[int, int] | None:
-    """The `_SECONDS_RE` shape through the C ISO parser: half the cost of the general path."""
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:  # 24:00:00, 02-30, :60 seconds
-        return None
-    frac, tz = match.groups()
-    # Floor division: instants before 1970 round down to their millisecond too.
-    lo = (dt - _EPOCH) // _MS - default_offset_ms if tz is None else (dt - _EPOCH_UTC) // _MS
-    digits = len(frac) - 1 if frac else 0
-    return lo, lo + (10 ** (3 - digits) if digits < 3 else 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +161,9 @@ def _decimal_range(value: float | Decimal | str) -> tuple[float, float, float] |
 # `combo-code` and the composites), so conversions are memoised per `rows()` call.
 
 Conversion = list[tuple[Any, ...]]
-Memo = dict[tuple[str, int, Node], Conversion]
+# Keyed by the value's id; the value is kept beside its conversion so that an id reused by a
+# short-lived object can never be mistaken for it.
+Memo = dict[tuple[str, int, Node], tuple[Any, Conversion]]
 Emit = Callable[[list[Item], dict[str, Any], IndexRows, Memo], None]
 
 
@@ -355,9 +237,17 @@ class Indexer:
                         break
                 else:
                     continue
-            items = entry.expression(resource)
-            if items:
-                entry.emit(items, resource, out, memo)
+            try:
+                items = entry.expression(resource)
+                if items:
+                    entry.emit(items, resource, out, memo)
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+                # Converters check every value's shape, so this is a bug; losing one
+                # parameter's rows is better than refusing the write that triggered it.
+                _log.warning(
+                    "search index: %s/%s parameter %s skipped: %r",
+                    rtype, resource.get("id"), entry.code, exc,
+                )
         return out
 
     def plan(self, resource_type: str) -> tuple[_Entry, ...]:
@@ -435,10 +325,12 @@ class Indexer:
         if value.__class__ is not dict:
             return self._converters[kind](value, node)
         key = (kind, id(value), node)
-        found = memo.get(key)
-        if found is None:
-            found = memo[key] = self._converters[kind](value, node)
-        return found
+        hit = memo.get(key)
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        conversion = self._converters[kind](value, node)
+        memo[key] = (value, conversion)
+        return conversion
 
     def _simple_emitter(self, code: str, kind: str) -> Emit:
         row_type, target = _ROW_TYPES[kind]
@@ -449,9 +341,12 @@ class Indexer:
             for value, node in items:
                 if value.__class__ is dict:
                     key = (kind, id(value), node)
-                    conversion = memo.get(key)
-                    if conversion is None:
-                        conversion = memo[key] = convert(value, node)
+                    hit = memo.get(key)
+                    if hit is not None and hit[0] is value:
+                        conversion = hit[1]
+                    else:
+                        conversion = convert(value, node)
+                        memo[key] = (value, conversion)
                 else:
                     conversion = convert(value, node)
                 columns += conversion

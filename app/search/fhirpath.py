@@ -712,8 +712,15 @@ class _Compilation:
         return _Compiled(call, nodes, keys=source.keys)
 
     def _where(self, source: _Compiled, criteria_ast: Any) -> _Compiled:
-        criteria = self.compile(criteria_ast, source.nodes).fn
         inner = source.fn
+        keep = self._direct_criteria(criteria_ast, source.nodes)
+        if keep is not None:
+
+            def where_direct(items: list[Item], env: Env) -> list[Item]:
+                return [item for item in inner(items, env) if keep(item[0], item[1])]
+
+            return _Compiled(where_direct, source.nodes, focus=source.focus, keys=source.keys)
+        criteria = self.compile(criteria_ast, source.nodes).fn
 
         def where(items: list[Item], env: Env) -> list[Item]:
             out = []
@@ -724,6 +731,49 @@ class _Compilation:
             return out
 
         return _Compiled(where, source.nodes, focus=source.focus, keys=source.keys)
+
+    def _direct_criteria(
+        self, ast: Any, nodes: tuple[Node, ...]
+    ) -> Callable[[Any, Node], bool] | None:
+        """Plain tests for the two criteria R4 uses on most resources, `resolve() is Patient`
+        and `system = 'phone'`, with the same result as evaluating them item by item."""
+        if (
+            isinstance(ast, _TypeOp) and ast.op == "is" and isinstance(ast.left, _Call)
+            and ast.left.target is None and ast.left.name == "resolve" and not ast.left.args
+        ):
+            accepted = self._type_set(ast.type_name, ast.pos)
+
+            def resolves_to(value: Any, node: Node) -> bool:
+                if node.type != "Reference" or value.__class__ is not dict:
+                    return False
+                target = _resolved(value)
+                return target is not None and target[0] in accepted
+
+            return resolves_to
+        if (
+            isinstance(ast, _Binary) and ast.op == "=" and isinstance(ast.left, _Ident)
+            and not ast.left.name[0].isupper() and isinstance(ast.right, _Literal)
+            and ast.right.type == "string"
+        ):
+            keys = {}
+            for node in nodes:
+                children = self.c._children(node, ast.left.name)
+                if len(children) != 1:
+                    return None
+                keys[node] = children[0][0]
+            literal = ast.right.value
+
+            def equals(value: Any, node: Node) -> bool:
+                key = keys.get(node)
+                if key is None or value.__class__ is not dict:
+                    return False
+                v = value.get(key)
+                if v.__class__ is list and len(v) == 1:
+                    v = v[0]
+                return v.__class__ is str and v == literal
+
+            return equals
+        return None
 
     def _resolve(self, source: _Compiled, pos: int) -> _Compiled:
         if not any(n.type == "Reference" for n in source.nodes):
@@ -736,19 +786,12 @@ class _Compilation:
             for value, node in inner(items, env):
                 if node.type != "Reference" or value.__class__ is not dict:
                     continue
-                literal = value.get("reference")
-                parsed = parse_reference(literal) if isinstance(literal, str) else None
-                rtype: Any
-                if parsed is not None:
-                    rtype, rid = parsed
-                elif literal is None or literal.startswith("urn:"):
-                    # A logical or not-yet-resolved reference still says what it points at.
-                    rtype, rid = value.get("type"), None
-                else:
+                target = _resolved(value)
+                if target is None:
                     continue
-                rnode = resource_nodes.get(rtype) if isinstance(rtype, str) else None
+                rnode = resource_nodes.get(target[0])
                 if rnode is not None:
-                    out.append(({"resourceType": rtype, "id": rid}, rnode))
+                    out.append(({"resourceType": target[0], "id": target[1]}, rnode))
             return out
 
         return _Compiled(resolve, (self.c.resource_node("Resource"),), keys=source.keys)
@@ -790,6 +833,21 @@ class _Compilation:
 
 # ---------------------------------------------------------------------------------------------
 # Runtime pieces (closures built by the compiler)
+
+
+def _resolved(reference: dict[str, Any]) -> tuple[str, str | None] | None:
+    """(type, id) a Reference points at: from its literal reference, else (for a logical or
+    `urn:` reference) from Reference.type; None for contained and unreadable references."""
+    literal = reference.get("reference")
+    if literal is not None and not isinstance(literal, str):
+        return None
+    parsed = parse_reference(literal) if literal else None
+    if parsed is not None:
+        return parsed
+    if literal and not literal.startswith("urn:"):
+        return None
+    rtype = reference.get("type")
+    return (rtype, None) if isinstance(rtype, str) else None
 
 
 def _chain(first: Fn, second: Fn) -> Fn:

@@ -82,7 +82,6 @@ class SqliteStore:
         self._write_lock = asyncio.Lock()
         self._local = threading.local()
         self._pids: dict[tuple[str, str], int] = {}
-        self._last_ms = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -96,7 +95,7 @@ class SqliteStore:
         snap.execute("PRAGMA journal_mode=WAL")
         snap.executescript(SNAPSHOT_SCHEMA)
         snap.close()
-        self._load_pids(self._writer)
+        self._register_pids(self._writer)
         self._reader = _connect(self.path, readonly=True)
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._read_pool = ThreadPoolExecutor(self._reader_threads,
@@ -142,42 +141,39 @@ class SqliteStore:
         assert self._write_pool is not None
         return await loop.run_in_executor(self._write_pool, fn)
 
-    def _load_pids(self, conn: sqlite3.Connection) -> None:
+    def _register_pids(self, conn: sqlite3.Connection) -> None:
+        """Intern every registered search parameter once, committed, before any write.
+
+        Interning lazily inside a unit of work would cache ids that a rollback (or a crash, or
+        another worker process racing for the same name) never committed.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR IGNORE INTO sp(type, code) VALUES (?, ?)",
+                             [(t, c) for t, params in self.registry.search_params.items()
+                              for c in params])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
         for pid, type_, code in conn.execute("SELECT pid, type, code FROM sp"):
             self._pids[(type_, code)] = pid
 
     def _pid(self, type_: str, code: str) -> int:
-        """The interned id of a search parameter (-1 if it has never been indexed)."""
-        pid = self._pids.get((type_, code))
-        if pid is None:
-            row = self._thread_reader().execute(
-                "SELECT pid FROM sp WHERE type = ? AND code = ?", (type_, code)).fetchone()
-            if row is None:
-                return -1
-            pid = row[0]
-            self._pids[(type_, code)] = pid
-        return pid
+        """The interned id of a search parameter (-1, matching nothing, if it is not registered)."""
+        return self._pids.get((type_, code), -1)
 
-    def _pid_for_write(self, conn: sqlite3.Connection, type_: str, code: str) -> int:
-        pid = self._pids.get((type_, code))
-        if pid is None:
-            row = conn.execute("SELECT pid FROM sp WHERE type = ? AND code = ?",
-                               (type_, code)).fetchone()
-            if row is None:
-                cur = conn.execute("INSERT INTO sp(type, code) VALUES (?, ?)", (type_, code))
-                pid = int(cur.lastrowid or 0)
-            else:
-                pid = row[0]
-            self._pids[(type_, code)] = pid
-        return pid
+    def _now_ms(self, conn: sqlite3.Connection) -> int:
+        """The timestamp of a new version: the clock, never before the newest stored version.
 
-    def _now_ms(self) -> int:
-        # Strictly increasing within a process so that _since/_at and ordering are stable.
+        Called inside the write lock, and read from the database rather than a per-process
+        counter, so lastUpdated follows commit order across every worker process (what
+        `_history?_since=` relies on) and never runs ahead of the clock under bursts: versions
+        written in the same millisecond share it.
+        """
         now = int(time.time() * 1000)
-        if now <= self._last_ms:
-            now = self._last_ms + 1
-        self._last_ms = now
-        return now
+        newest = conn.execute("SELECT max(lu_ms) FROM history").fetchone()[0]
+        return now if newest is None or now >= newest else newest
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -417,7 +413,7 @@ class SqliteStore:
         if if_match is not None and (row is None or row[2] or current != if_match):
             raise VersionConflict(None if row is None or row[2] else current, if_match)
         version = 1 if current is None else current + 1
-        lu_ms = self._now_ms()
+        lu_ms = self._now_ms(conn)
         lu = format_instant_ms(lu_ms)
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = str(version)
@@ -453,7 +449,7 @@ class SqliteStore:
         if row is None or row[2]:
             return None
         rid, version = row[0], row[1] + 1
-        lu_ms = self._now_ms()
+        lu_ms = self._now_ms(conn)
         lu = format_instant_ms(lu_ms)
         seq = conn.execute(
             "INSERT INTO history(rid, version, lu, lu_ms, method, deleted, body) "
@@ -470,7 +466,7 @@ class SqliteStore:
     def _write_index(self, conn: sqlite3.Connection, rid: int, type_: str,
                      rows: IndexRows) -> None:
         def pid(code: str) -> int:
-            return self._pid_for_write(conn, type_, code)
+            return self._pids[(type_, code)]
 
         if rows.string:
             conn.executemany("INSERT INTO ix_string VALUES (?, ?, ?, ?)",
@@ -504,7 +500,7 @@ class SqliteStore:
 
     def _search_ids(self, conn: sqlite3.Connection, query: SearchQuery,
                     limit: int) -> list[tuple[str, str]]:
-        compiler = Compiler(lambda t, c: self._pid_for_write(conn, t, c))
+        compiler = Compiler(self._pid)
         where = compiler.where(query, "r")
         return [(t, i) for t, i in conn.execute(
             f"SELECT r.type, r.id FROM resource r WHERE {where.text} LIMIT ?",

@@ -17,11 +17,14 @@ from app.fhir.validation import (
     MAX_ISSUES,
     compare_r4_r4b,
     comparison_markdown,
+    required_codes,
     validate_resource,
     validator_for,
 )
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "r4-on-r4b.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "r4-on-r4b.md"
+R4_DEFINITIONS = ROOT / "node_modules" / "@medplum" / "definitions" / "dist" / "fhir" / "r4"
 ID_CARD = "urn:oid:2.16.156.10011.1.3"  # 居民身份证号
 UCUM = "http://unitsofmeasure.org"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
@@ -420,6 +423,33 @@ def test_bundle_entries_are_validated_with_their_position(registry: Registry) ->
     bundle["entry"][1]["resource"]["issued"] = "2026-11-20"
     assert expressions(issues_of(bundle, registry)) == [
         "Bundle.entry[1].resource.ofType(Observation).issued"]
+
+
+def test_code_outside_a_required_value_set_is_rejected(registry: Registry) -> None:
+    patient = zhang_san()
+    patient["gender"] = "男"
+    patient["name"][0]["use"] = "正式"
+    issues = issues_of(patient, registry)
+    assert [(i.code, i.expression) for i in issues] == [
+        ("code-invalid", ("Patient.name[0].use",)), ("code-invalid", ("Patient.gender",))]
+    assert "female, male, other, unknown" in issues[1].diagnostics
+
+
+@pytest.mark.parametrize("status", ["corrected", "cancelled", "entered-in-error", "unknown"])
+def test_codes_beyond_a_truncated_library_list_are_accepted(status: str,
+                                                            registry: Registry) -> None:
+    # fhir.resources lists Observation.status as "registered | preliminary | final | amended +".
+    observation = wbc()
+    observation["status"] = status
+    assert issues_of(observation, registry) == []
+
+
+def test_required_bindings_come_from_the_r4_value_sets(registry: Registry) -> None:
+    assert required_codes(registry, "Patient", "gender") == {"male", "female", "other",
+                                                             "unknown"}
+    status = required_codes(registry, "Observation", "status")
+    assert status is not None and {"corrected", "entered-in-error", "final"} <= status
+    assert required_codes(registry, "Patient", "communication.language") is None
 
 
 # -- R4 versus R4B -------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def test_lab_observation_dates_are_ranges_of_their_precision(indexer: Indexer) -
     assert of(rows.date, "_lastUpdated") == [DateRow("_lastUpdated", updated, updated + 1)]
 
 
-def test_lab_observation_references(indexer: Indexer) -> None:
+def test_lab_observation_references_are_local_targets(indexer: Indexer) -> None:
     rows = indexer.rows(wbc())
 
     def local(param: str, rtype: str, rid: str) -> ReferenceRow:
@@ -245,7 +245,10 @@ def test_patient_name_known_only_as_text_takes_the_first_character_as_surname(
 def test_pinyin_is_only_added_to_personal_name_parameters(indexer: Indexer) -> None:
     org = {"resourceType": "Organization", "id": "org-bjyy", "name": "北京协和医院"}
 
-    assert indexer.rows(org).string == [StringRow("name", "北京协和医院", "北京协和医院")]
+    rows = indexer.rows(org).string
+
+    assert of(rows, "name") == [StringRow("name", "北京协和医院", "北京协和医院")]
+    assert all(r.exact is not None for r in rows)  # Organization `phonetic` too
 
 
 def test_patient_identifier_keeps_type_text_for_of_type_display(indexer: Indexer) -> None:
@@ -302,7 +305,9 @@ def test_active_boolean_is_a_true_false_token(indexer: Indexer) -> None:
     assert of(rows.token, "active") == [TokenRow("active", None, "true", None)]
 
 
-def test_condition_icd10_code_and_onset(indexer: Indexer) -> None:
+def test_condition_icd10_code_is_a_token_and_a_month_onset_is_a_month_range(
+    indexer: Indexer,
+) -> None:
     condition = {
         "resourceType": "Condition", "id": "cond-dm2",
         "clinicalStatus": {"coding": [{
@@ -446,7 +451,7 @@ def test_bundle_composition_is_the_first_entry_as_a_local_reference(indexer: Ind
          (None, None, "urn:uuid:7f3c1d2e-9a4b-4c1d-8e2f-0a1b2c3d4e5f")),
     ],
 )
-def test_reference_forms(
+def test_reference_is_local_under_our_base_and_a_url_elsewhere(
     indexer: Indexer, reference: str, expected: tuple[str | None, str | None, str | None]
 ) -> None:
     obs = {"resourceType": "Observation", "id": "o1", "subject": {"reference": reference}}
@@ -562,8 +567,8 @@ def test_dates_without_a_zone_use_the_configured_default(registry: Registry) -> 
 
 
 def test_indexer_from_settings_uses_the_configured_zone_and_base(registry: Registry) -> None:
-    indexer = Indexer.from_settings(
-        registry, Settings(base_url="https://fhir.bjyy.example.cn/fhir/", default_timezone="+08:00"))
+    configured = Settings(base_url=f"{BASE}/", default_timezone="+08:00")
+    indexer = Indexer.from_settings(registry, configured)
 
     assert indexer.default_offset_ms == CST
     assert indexer.local_reference(f"{BASE}/Patient/p1") == ("Patient", "p1")
@@ -649,7 +654,7 @@ def test_decimal_range_agrees_with_the_query_side_number_range() -> None:
         assert decimal_range(Decimal(text)) == number_range(text), text
 
 
-def test_parse_offset_ms() -> None:
+def test_parse_offset_ms_reads_signed_hours_and_minutes_or_z() -> None:
     assert parse_offset_ms("+08:00") == CST
     assert parse_offset_ms("-05:30") == -(5 * 60 + 30) * 60_000
     assert parse_offset_ms("Z") == 0
@@ -707,7 +712,9 @@ def _shared_indexer() -> Indexer:
     return _INDEXER[0]
 
 
-def test_every_resource_type_plan_compiles(indexer: Indexer, registry: Registry) -> None:
+def test_indexer_plans_compile_for_every_resource_type(
+    indexer: Indexer, registry: Registry
+) -> None:
     for resource_type in registry.resource_types:
         indexer.plan(resource_type)
 
@@ -721,7 +728,8 @@ def test_lab_observation_extraction_takes_well_under_100_microseconds(indexer: I
     for i in range(2000):
         obs = wbc()
         obs["id"] = f"obs-{i:05d}"
-        obs["meta"]["lastUpdated"] = f"2024-03-05T01:{i // 60 % 60:02d}:{i % 60:02d}.{i % 1000:03d}Z"
+        minute, second = i // 60 % 60, i % 60
+        obs["meta"]["lastUpdated"] = f"2024-03-05T01:{minute:02d}:{second:02d}.{i % 1000:03d}Z"
         obs["subject"]["reference"] = f"Patient/p-{i // 20:04d}"
         obs["valueQuantity"]["value"] = round(3 + (i % 97) * 0.1, 1)
         stream.append(obs)

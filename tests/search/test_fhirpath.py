@@ -203,6 +203,30 @@ def test_where_with_equality_filters_contact_points_by_system(
     assert types(phone(patient)) == ["ContactPoint"]
 
 
+def test_where_with_combined_criteria_follows_fhirpath_logic(
+    compiler: FHIRPathCompiler,
+) -> None:
+    mobile = compiler.compile(
+        "Patient.telecom.where(system = 'phone' and (use = 'mobile' or use = 'temp'))",
+        "Patient",
+    )
+    not_email = compiler.compile("Patient.telecom.where((system = 'email').not())", "Patient")
+    patient = {"resourceType": "Patient",
+               "telecom": [{"system": "phone", "value": "010-66001234", "use": "work"},
+                           {"system": "phone", "value": "13800138000", "use": "mobile"},
+                           {"system": "email", "value": "zhangsan@example.cn"}]}
+
+    assert [v["value"] for v in values(mobile(patient))] == ["13800138000"]
+    assert [v["value"] for v in values(not_email(patient))] == ["010-66001234", "13800138000"]
+
+
+def test_resolve_yields_the_referenced_type_and_id(compiler: FHIRPathCompiler) -> None:
+    expression = compiler.compile("Observation.subject.resolve()", "Observation")
+
+    assert expression(WBC) == [({"resourceType": "Patient", "id": "p-zhangsan"},
+                                compiler.resource_node("Patient"))]
+
+
 def test_where_on_a_child_code_selects_related_artifacts(compiler: FHIRPathCompiler) -> None:
     expression = compiler.compile(
         "PlanDefinition.relatedArtifact.where(type='depends-on').resource", "PlanDefinition"
@@ -355,7 +379,7 @@ def test_parse_reference_reads_type_and_id_of_literal_references(
     assert parse_reference(reference) == parsed
 
 
-def test_compiled_expression_keeps_its_source(compiler: FHIRPathCompiler) -> None:
+def test_compiled_expression_reports_its_source(compiler: FHIRPathCompiler) -> None:
     expression = compiler.compile("Observation.code", "Observation")
 
     assert isinstance(expression, Expression)

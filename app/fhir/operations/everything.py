@@ -38,7 +38,7 @@ async def everything_operation(svc: FhirService, call: Call, patient_id: str,
                 raise error(400, "invalid", f"_since: {exc}", "_since") from None
             since = value
         elif k in ("_count", "_offset"):
-            if not value.isdigit():
+            if not value.isdigit() or len(value) > 12:
                 raise error(400, "invalid", f"{k} must be a whole number, got {value!r}", k)
             if k == "_count":
                 count = min(int(value), svc.settings.max_page_size)
