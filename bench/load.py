@@ -292,8 +292,10 @@ def working_copy(dataset: Dataset, dest: Path) -> Path:
 
 
 def stale_caches(cache_root: Path, keep: str) -> list[tuple[Path, int]]:
-    """Other cached stores (older generator or schema versions) and their sizes in bytes."""
+    """Cached stores of the same population for an older generator or schema (another hash
+    after the same size and seed), with their sizes in bytes."""
     if not cache_root.exists():
         return []
+    prefix = keep.rsplit("-", 1)[0] + "-"
     return [(p, dir_bytes(p)) for p in sorted(cache_root.iterdir())
-            if p.is_dir() and p.name != keep and p.name.startswith("hospital-")]
+            if p.is_dir() and p.name != keep and p.name.startswith(prefix)]

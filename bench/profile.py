@@ -121,6 +121,7 @@ def summarize(collapsed: Path, top: int = 15) -> dict[str, Any]:
     """Own-time and (project code) total-time shares of the recorded samples."""
     own: Counter[str] = Counter()
     own_lines: Counter[tuple[str, int | None]] = Counter()
+    packages: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
     for line in collapsed.read_text(errors="replace").splitlines():
@@ -136,6 +137,7 @@ def summarize(collapsed: Path, top: int = 15) -> dict[str, Any]:
         leaf = IDLE if frames[-1] in IDLE_LEAVES else frames[-1]
         own[leaf] += count
         own_lines[leaf, _line(raws[-1])] += count
+        packages[IDLE if leaf == IDLE else _package(leaf)] += count
         for frame in set(frames):
             if _is_project(frame):
                 total[frame] += count
@@ -150,4 +152,13 @@ def summarize(collapsed: Path, top: int = 15) -> dict[str, Any]:
                 for frame, n in counter.most_common(top)] if samples else []
 
     return {"samples": samples, "own": shares(own, True),
-            "total_project": shares(total, False)}
+            "total_project": shares(total, False), "own_by_package": shares(packages, False)}
+
+
+def _package(frame: str) -> str:
+    """`app/fhir/rest.py:read` → `app/fhir`; `starlette/routing.py:…` → `starlette`."""
+    path = frame.split(":", 1)[0]
+    parts = path.split("/")
+    if parts[0] == "app" and len(parts) >= 2:
+        return "/".join(parts[:2])
+    return parts[0] if len(parts) > 1 else "(standard library)"

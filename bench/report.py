@@ -38,6 +38,7 @@ def _machine(m: dict[str, Any]) -> list[str]:
         "| | |", "| --- | --- |",
         f"| CPU | {m['cpus']} × {m['cpu_model']} (nproc {m['nproc']}) |",
         f"| memory | {m['memory_gib']:.1f} GiB |",
+        f"| load average (1 / 5 / 15 min) | {m.get('load_average', 'not recorded')} |",
         f"| OS | {m['os']} |",
         f"| Python | {m['python']} |",
         f"| SQLite | {m['sqlite']} |",
@@ -71,6 +72,11 @@ def _profile(p: dict[str, Any] | None) -> list[str]:
              "| own time | function | hottest line |", "| ---: | --- | ---: |"]
     lines += [f"| {f['percent']:.1f} % | `{f['frame']}` | {f.get('hot_line') or '–'} |"
               for f in p["summary"]["own"]]
+    if p["summary"].get("own_by_package"):
+        lines += ["", "Own time by package (where the CPU goes: the project, the framework, "
+                  "the server):", "", "| own time | package |", "| ---: | --- |"]
+        lines += [f"| {f['percent']:.1f} % | `{f['frame']}` |"
+                  for f in p["summary"]["own_by_package"]]
     lines += ["", "Project code by total time (the function or anything it calls):", "",
               "| total time | function |", "| ---: | --- |"]
     lines += [f"| {f['percent']:.1f} % | `{f['frame']}` |"

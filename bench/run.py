@@ -122,7 +122,11 @@ def _git() -> str:
     return head + dirty
 
 
-def machine_info(wrk: str, workers: int) -> dict[str, Any]:
+def load_average() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def machine_info(wrk: str, workers: int, load_at_start: str) -> dict[str, Any]:
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
     mem_kib = next((int(line.split()[1]) for line in meminfo.splitlines()
                     if line.startswith("MemTotal:")), 0)
@@ -138,6 +142,7 @@ def machine_info(wrk: str, workers: int) -> dict[str, Any]:
         "server_stack": f"uvicorn {_version('uvicorn')} (loop {loop}, http {http_impl}), "
                         f"FastAPI {_version('fastapi')}, {workers} worker(s)",
         "workers": workers, "wrk": wrk_version(wrk), "py_spy": PY_SPY_VERSION, "git": _git(),
+        "load_average": f"{load_at_start} at start, {load_average()} at the end",
     }
 
 
@@ -505,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     workers = Settings().workers
     started = time.monotonic()
+    load_at_start = load_average()
     print(f"Yilian benchmark ({cfg.mode}): {cfg.patients:,} patients × "
           f"{cfg.observations_per_patient:,} Observations; logs in {log_dir}", flush=True)
     bench = Bench(cfg, wrk, stamp, log_dir, work)
@@ -517,9 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                                connections=cfg.load_connections,
                                time_limit_s=cfg.load_time_limit_s)
         for path, size in stale_caches(CACHE, dataset.key):
-            if not path.name.startswith("work-"):
-                print(f"  note: stale cached store {path} ({size / 2**30:.2f} GiB) can be "
-                      "deleted", flush=True)
+            print(f"  note: stale cached store {path} ({size / 2**30:.2f} GiB) can be deleted",
+                  flush=True)
         manifest = dataset.manifest
         paths = {"read": read_paths(manifest, bench.rng),
                  "search-code": code_paths(manifest, bench.rng),
@@ -567,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             "results_file": f"bench/results/{stamp}.json",
             "elapsed_s": time.monotonic() - started,
             "config": asdict(cfg),
-            "machine": machine_info(wrk, workers),
+            "machine": machine_info(wrk, workers, load_at_start),
             "dataset": {"key": dataset.key, "patients": cfg.patients,
                         "observations_per_patient": cfg.observations_per_patient,
                         "seed": cfg.seed, "counts": manifest["counts"],

@@ -500,6 +500,13 @@ class Indexer:
             if ident or system:
                 type_text = _identifier_type_text(value.get("type"))
                 out.append((system, ident, normalize_string(type_text) if type_text else None))
+                if ident:
+                    # `:of-type` rows: the type coding in the system column, under a prefix no
+                    # real system URI has, so only `:of-type` searches can match them.
+                    for coding in _dicts(_dict(value.get("type")).get("coding")):
+                        tsys, tcode = _str(coding.get("system")), _str(coding.get("code"))
+                        if tsys and tcode:
+                            out.append((of_type_system(tsys, tcode), ident, None))
         elif t == "ContactPoint":
             contact = _str(value.get("value"))
             if contact:
@@ -711,6 +718,15 @@ def _coding_columns(coding: dict[str, Any], display: str | None) -> tuple[Any, .
     if system is None and value is None and display is None:
         return None
     return system, value, normalize_string(display) if display else None
+
+
+def of_type_system(type_system: str, type_code: str) -> str:
+    """The system column of an Identifier's `:of-type` index row."""
+    return f"of-type:{type_system}|{type_code}"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _identifier_type_text(type_: Any) -> str | None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.search.extract import of_type_system
 from app.search.query import (
     Chain,
     Clause,
@@ -151,6 +152,10 @@ class Compiler:
                 assert v.code is not None
                 return Sql(f"({x}.text LIKE ? ESCAPE '\\' OR {x}.text LIKE ? ESCAPE '\\')",
                            [f"{_like_escape(v.code)}%", f"% {_like_escape(v.code)}%"])
+            if p.modifier == "of-type":
+                assert v.type_system is not None and v.type_code is not None
+                return Sql(f"({x}.system = ? AND {x}.code = ?)",
+                           [of_type_system(v.type_system, v.type_code), v.code])
             return _token_sql(v, f"{x}.system", f"{x}.code")
         if kind in ("date", "number"):
             assert isinstance(v, RangeValue)

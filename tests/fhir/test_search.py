@@ -215,3 +215,17 @@ def test_last_updated_and_tag_profile_security(ward: TestClient) -> None:
 
 def test_content_search(ward: TestClient) -> None:
     assert ids(search(ward, "Condition?_content=高血压")) == ["c2"]
+
+
+def test_identifier_of_type_matches_the_identifier_type_coding(ward: TestClient) -> None:
+    v2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+    pat = ward.get("/fhir/Patient/p1").json()
+    pat["identifier"].append({"type": {"coding": [{"system": v2, "code": "MR"}]},
+                              "system": "urn:oid:2.16.156.10011.1.12", "value": "ZY20261123"})
+    put(ward, pat)
+    assert ids(search(ward, f"Patient?identifier:of-type={v2}|MR|ZY20261123")) == ["p1"]
+    assert ids(search(ward, f"Patient?identifier:of-type={v2}|MB|ZY20261123")) == []
+    r = ward.get(f"/fhir/Patient?identifier:of-type={v2}|MR",
+                 headers={"Prefer": "handling=strict"})
+    assert r.status_code == 400
+    assert "type-system|type-code|identifier-value" in r.json()["issue"][0]["diagnostics"]
