@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -125,12 +124,6 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
     app.state.store = store
     app.state.service = service
     app.state.started = now_instant()
-
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Response:
-        request.state.principal = await hooks.authenticator.authenticate(request)
-        response: Response = await call_next(request)
-        return response
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:

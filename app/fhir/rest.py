@@ -74,7 +74,9 @@ def check_content_type(request: Request, patch: bool = False) -> None:
                     f"{allowed[0]}")
 
 
-def make_call(request: Request) -> Call:
+async def make_call(request: Request, service: FhirService) -> Call:
+    """Authenticate the caller and collect the headers that shape the interaction."""
+    principal = await service.hooks.authenticator.authenticate(request)
     headers = request.headers
     prefer = {}
     for part in headers.get("prefer", "").split(","):
@@ -85,7 +87,7 @@ def make_call(request: Request) -> Call:
     if ret not in ("minimal", "representation", "OperationOutcome"):
         ret = "representation"
     return Call(
-        principal=request.state.principal,
+        principal=principal,
         prefer_return=ret,
         strict=prefer.get("handling") == "strict",
         if_match=headers.get("if-match"),
@@ -155,7 +157,8 @@ def build_router(service: FhirService) -> APIRouter:
     @router.get("/_history", tags=["system"])
     async def history_system(request: Request) -> Response:
         pretty = negotiate(request)
-        return render(await service.history(make_call(request), None, None,
+        call = await make_call(request, service)
+        return render(await service.history(call, None, None,
                                             query_list(request)), pretty)
 
     @router.get("", tags=["system"])
@@ -177,25 +180,29 @@ def build_router(service: FhirService) -> APIRouter:
             raise error(400, "required", "a system-level search needs _type (e.g. "
                         "_type=Patient,Practitioner); searching every type at once is not "
                         "supported", "_type")
-        return await service.search(make_call(request), tuple(dict.fromkeys(types)), params, "")
+        call = await make_call(request, service)
+        return await service.search(call, tuple(dict.fromkeys(types)), params, "")
 
     @router.post("", tags=["system"], openapi_extra=BODY_DOC)
     async def transaction(request: Request) -> Response:
         pretty = negotiate(request)
         check_content_type(request)
-        return render(await bundles.process(make_call(request), await request.body()), pretty)
+        call = await make_call(request, service)
+        return render(await bundles.process(call, await request.body()), pretty)
 
     @router.get("/{type_}", tags=["type"])
     async def search_type(type_: str, request: Request) -> Response:
         pretty = negotiate(request)
-        return render(await service.search(make_call(request), (type_,), query_list(request),
+        call = await make_call(request, service)
+        return render(await service.search(call, (type_,), query_list(request),
                                            type_), pretty)
 
     @router.post("/{type_}", tags=["type"], openapi_extra=BODY_DOC)
     async def create(type_: str, request: Request) -> Response:
         pretty = negotiate(request)
         check_content_type(request)
-        return render(await service.create(make_call(request), type_, await request.body()),
+        call = await make_call(request, service)
+        return render(await service.create(call, type_, await request.body()),
                       pretty)
 
     @router.put("/{type_}", tags=["type"], openapi_extra=BODY_DOC)
@@ -203,7 +210,8 @@ def build_router(service: FhirService) -> APIRouter:
         pretty = negotiate(request)
         check_content_type(request)
         query = _criteria(request)
-        return render(await service.conditional_update(make_call(request), type_, query,
+        call = await make_call(request, service)
+        return render(await service.conditional_update(call, type_, query,
                                                        await request.body()), pretty)
 
     @router.patch("/{type_}", tags=["type"], openapi_extra=PATCH_DOC)
@@ -211,19 +219,22 @@ def build_router(service: FhirService) -> APIRouter:
         pretty = negotiate(request)
         check_content_type(request, patch=True)
         query = _criteria(request)
-        return render(await service.conditional_patch(make_call(request), type_, query,
+        call = await make_call(request, service)
+        return render(await service.conditional_patch(call, type_, query,
                                                       await request.body()), pretty)
 
     @router.delete("/{type_}", tags=["type"])
     async def conditional_delete(type_: str, request: Request) -> Response:
         pretty = negotiate(request)
-        return render(await service.conditional_delete(make_call(request), type_,
+        call = await make_call(request, service)
+        return render(await service.conditional_delete(call, type_,
                                                        _criteria(request)), pretty)
 
     @router.get("/{type_}/_history", tags=["type"])
     async def history_type(type_: str, request: Request) -> Response:
         pretty = negotiate(request)
-        return render(await service.history(make_call(request), type_, None,
+        call = await make_call(request, service)
+        return render(await service.history(call, type_, None,
                                             query_list(request)), pretty)
 
     @router.get("/{type_}/{id_}", tags=["instance"])
@@ -231,7 +242,8 @@ def build_router(service: FhirService) -> APIRouter:
         if id_.startswith("$"):
             return await _operation(request, type_, None, id_, None)
         pretty = negotiate(request)
-        result = await service.read(make_call(request), type_, id_)
+        call = await make_call(request, service)
+        result = await service.read(call, type_, id_)
         return render(result, pretty, request, registry)
 
     @router.post("/{type_}/{name}", tags=["type"], openapi_extra=BODY_DOC)
@@ -239,7 +251,8 @@ def build_router(service: FhirService) -> APIRouter:
         if name == "_search":
             pretty = negotiate(request)
             params = await form_or_query(request)
-            return render(await service.search(make_call(request), (type_,), params, type_),
+            call = await make_call(request, service)
+            return render(await service.search(call, (type_,), params, type_),
                           pretty)
         if name.startswith("$"):
             return await _operation(request, type_, None, name, await request.body())
@@ -250,31 +263,36 @@ def build_router(service: FhirService) -> APIRouter:
     async def update(type_: str, id_: str, request: Request) -> Response:
         pretty = negotiate(request)
         check_content_type(request)
-        return render(await service.update(make_call(request), type_, id_, await request.body()),
+        call = await make_call(request, service)
+        return render(await service.update(call, type_, id_, await request.body()),
                       pretty)
 
     @router.patch("/{type_}/{id_}", tags=["instance"], openapi_extra=PATCH_DOC)
     async def patch(type_: str, id_: str, request: Request) -> Response:
         pretty = negotiate(request)
         check_content_type(request, patch=True)
-        return render(await service.patch(make_call(request), type_, id_, await request.body()),
+        call = await make_call(request, service)
+        return render(await service.patch(call, type_, id_, await request.body()),
                       pretty)
 
     @router.delete("/{type_}/{id_}", tags=["instance"])
     async def delete(type_: str, id_: str, request: Request) -> Response:
         pretty = negotiate(request)
-        return render(await service.delete(make_call(request), type_, id_), pretty)
+        call = await make_call(request, service)
+        return render(await service.delete(call, type_, id_), pretty)
 
     @router.get("/{type_}/{id_}/_history", tags=["instance"])
     async def history_instance(type_: str, id_: str, request: Request) -> Response:
         pretty = negotiate(request)
-        return render(await service.history(make_call(request), type_, id_,
+        call = await make_call(request, service)
+        return render(await service.history(call, type_, id_,
                                             query_list(request)), pretty)
 
     @router.get("/{type_}/{id_}/_history/{vid}", tags=["instance"])
     async def vread(type_: str, id_: str, vid: str, request: Request) -> Response:
         pretty = negotiate(request)
-        return render(await service.vread(make_call(request), type_, id_, vid), pretty, request,
+        call = await make_call(request, service)
+        return render(await service.vread(call, type_, id_, vid), pretty, request,
                       registry)
 
     @router.get("/{type_}/{id_}/{op}", tags=["instance"])
@@ -289,7 +307,7 @@ def build_router(service: FhirService) -> APIRouter:
     async def _operation(request: Request, type_: str, id_: str | None, op: str,
                          body: bytes | None) -> Response:
         pretty = negotiate(request)
-        call = make_call(request)
+        call = await make_call(request, service)
         params = query_list(request)
         if op == "$validate":
             if body:
