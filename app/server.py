@@ -80,6 +80,21 @@ class BodyLimit:
                 "YILIAN_MAX_BODY_BYTES); split the data into smaller requests")
 
 
+class TrailingSlash:
+    """Treat `/fhir/Patient/` as `/fhir/Patient`: a FHIR client may not follow a redirect."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+            if "raw_path" in scope:
+                scope["raw_path"] = scope["raw_path"].rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
+
+
 async def _send_outcome(send: Send, status: int, message: str) -> None:
     body = outcome_bytes([Issue("error", "too-costly" if status == 413 else "exception",
                                 message)])
@@ -162,4 +177,5 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
 
     app.include_router(build_router(service))
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(TrailingSlash)
     return app

@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.server import create_app
 
+pytest_plugins = ("tests.live_server",)
+
 BASE = "http://testserver/fhir"
 ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"  # 居民身份证号
 MRN_SYSTEM = "urn:oid:2.16.156.10011.1.13"  # 病案号

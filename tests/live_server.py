@@ -84,7 +84,12 @@ class LiveServer:
         return f"{self.root_url}/fhir"
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        """An httpx client on the FHIR base (one per thread: clients are not shared)."""
+        """An httpx client on the FHIR base (one per thread: clients are not shared).
+
+        httpx joins paths onto the base with a "/", so `post("")` goes to `/fhir/`, which
+        answers 307: post transactions to `server.base_url` itself. A `params=` argument
+        replaces a query string already written into the URL.
+        """
         kwargs.setdefault("timeout", 60.0)
         return httpx.Client(base_url=self.base_url, **kwargs)
 

@@ -4,8 +4,9 @@ conditional create, §3.1.0.5 managing resource contention).
 `yilian serve --workers 2` runs two processes on one SQLite store; each write holds
 `BEGIN IMMEDIATE` from its version check to its commit, so contention between processes must look
 exactly like contention inside one: one winner per If-Match version, versions without gaps or
-duplicates, one resource per If-None-Exist criteria. Clients are released together by a barrier
-so that their requests overlap in both workers.
+duplicates, one resource per If-None-Exist criteria, and meta.lastUpdated that follows commit
+order across workers (what `_history?_since=` synchronisation relies on). Clients are released
+together by a barrier so that their requests overlap in both workers.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from app.samples import HospitalGenerator
 from app.samples.hospital import OID_ID_CARD
+from app.server import create_app
+from tests.conftest import make_settings
 from tests.live_server import FHIR_JSON, LiveServer
 
 T = TypeVar("T")
@@ -280,13 +285,6 @@ def _basic_bundle(tag: str, n: int) -> Resource:
 def test_last_updated_never_runs_ahead_of_the_clock(tmp_path: Path) -> None:
     """meta.lastUpdated is when the version was stored: a version acknowledged at wall-clock
     time T cannot carry a later lastUpdated (one process, so this is deterministic)."""
-    from datetime import UTC, datetime
-
-    from fastapi.testclient import TestClient
-
-    from app.server import create_app
-    from tests.conftest import make_settings
-
     with TestClient(create_app(make_settings(tmp_path))) as client:
         r = client.post("/fhir", json=_basic_bundle("sf", 2000), headers=FHIR_JSON)
         acknowledged = datetime.now(UTC)

@@ -244,3 +244,10 @@ def test_observation_round_trip(client: TestClient) -> None:
     p = create(client, patient())
     o = create(client, lab(p["id"]))
     assert client.get(f"/fhir/Observation/{o['id']}").json()["valueQuantity"]["value"] == 6.5
+
+
+def test_trailing_slash_is_the_same_endpoint_not_a_redirect(client: TestClient) -> None:
+    r = client.post("/fhir/Patient/", json=patient(), headers=FHIR_JSON,
+                    follow_redirects=False)
+    assert r.status_code == 201
+    assert client.get("/fhir/Patient/", follow_redirects=False).json()["total"] == 1
