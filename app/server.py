@@ -21,7 +21,7 @@ from app.config import Settings
 from app.definitions.registry import load_registry
 from app.fhir.interactions import FhirService
 from app.fhir.outcome import FhirError, Issue, error, outcome_bytes
-from app.fhir.rest import FHIR_JSON, build_router
+from app.fhir.rest import FHIR_JSON, FastRead, build_router
 from app.pipeline.hooks import Hooks
 from app.search.dates import now_instant, parse_offset
 from app.search.extract import Indexer
@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
                         media_type="application/json")
 
     app.include_router(build_router(service))
+    app.add_middleware(FastRead, service=service)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(TrailingSlash)
     return app

@@ -8,19 +8,21 @@ authenticator; the service runs authorize → execute → audit.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.fhir.bundles import BundleProcessor
 from app.fhir.capability import capability_statement
 from app.fhir.interactions import Call, FhirService, Result
 from app.fhir.operations.everything import everything_operation
 from app.fhir.operations.validate import validate_operation
-from app.fhir.outcome import error
+from app.fhir.outcome import FhirError, error, outcome_bytes
 from app.fhir.summary import apply_elements, apply_summary
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -121,6 +123,46 @@ def render(result: Result, pretty: bool, request: Request | None = None,
     if result.status in (204, 304):
         return Response(status_code=result.status, headers=headers)
     return Response(content, status_code=result.status, headers=headers, media_type=FHIR_JSON)
+
+
+async def read_interaction(service: FhirService, request: Request, type_: str,
+                           id_: str) -> Response:
+    """GET [base]/[type]/[id]: shared by the routed endpoint and `FastRead`."""
+    pretty = negotiate(request)
+    call = await make_call(request, service)
+    result = await service.read(call, type_, id_)
+    return render(result, pretty, request, service.registry)
+
+
+class FastRead:
+    """Answers `GET /fhir/{type}/{id}`, the hottest interaction, without walking every route.
+
+    FastAPI's router tries each route and solves dependencies per request, which costs more
+    than the read itself. This dispatches exactly that shape to `read_interaction` (the same
+    authenticate → authorize → read → audit path as the routed endpoint) and hands everything
+    else to the application.
+    """
+
+    PATH = re.compile(r"^/fhir/([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
+
+    def __init__(self, app: ASGIApp, service: FhirService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            m = self.PATH.match(scope["path"])
+            if m is not None:
+                request = Request(scope, receive)
+                try:
+                    response = await read_interaction(self.service, request, m.group(1),
+                                                      m.group(2))
+                except FhirError as exc:
+                    response = Response(outcome_bytes(exc.issues), status_code=exc.status,
+                                        headers=exc.headers, media_type=FHIR_JSON)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def build_router(service: FhirService) -> APIRouter:
@@ -241,10 +283,7 @@ def build_router(service: FhirService) -> APIRouter:
     async def read(type_: str, id_: str, request: Request) -> Response:
         if id_.startswith("$"):
             return await _operation(request, type_, None, id_, None)
-        pretty = negotiate(request)
-        call = await make_call(request, service)
-        result = await service.read(call, type_, id_)
-        return render(result, pretty, request, registry)
+        return await read_interaction(service, request, type_, id_)
 
     @router.post("/{type_}/{name}", tags=["type"], openapi_extra=BODY_DOC)
     async def search_or_operation(type_: str, name: str, request: Request) -> Response:

@@ -75,11 +75,14 @@ class Compiler:
         """The WHERE condition selecting current, matching resources of the query's types."""
         types = query.resource_types
         parts = [Sql(f"{r}.deleted = 0")]
-        if types:
-            marks = ",".join("?" * len(types))
-            parts.append(Sql(f"{r}.type IN ({marks})", list(types)))
         clauses = list(query.clauses)
         driver = self._pick_driver(clauses)
+        if types:
+            marks = ",".join("?" * len(types))
+            # With a driving clause, `+` keeps SQLite from scanning every resource of the type
+            # through the type index instead of starting from the clause's value index.
+            plus = "+" if driver is not None else ""
+            parts.append(Sql(f"{plus}{r}.type IN ({marks})", list(types)))
         for i, clause in enumerate(clauses):
             parts.append(self.clause(clause, r, drive=(i == driver)))
         return _and(parts)
