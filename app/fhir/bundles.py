@@ -73,7 +73,7 @@ class BundleProcessor:
             raise error(400, "required", f"{where} has no request (method and url)",
                         f"{where}.request")
         method, url = request.get("method"), request.get("url")
-        if method not in ORDER:
+        if not isinstance(method, str) or method not in ORDER:
             raise error(400, "value", f"{where}.request.method must be one of GET, HEAD, POST, "
                         f"PUT, PATCH, DELETE, got {method!r}", f"{where}.request.method")
         if not isinstance(url, str) or not url:
@@ -85,6 +85,10 @@ class BundleProcessor:
         if method in ("POST", "PUT") and resource is None:
             raise error(400, "required", f"{where}: a {method} entry needs a resource",
                         f"{where}.resource")
+        for key in ("ifMatch", "ifNoneMatch", "ifModifiedSince", "ifNoneExist"):
+            if key in request and not isinstance(request[key], str):
+                raise error(400, "value", f"{where}.request.{key} must be a string",
+                            f"{where}.request.{key}")
         full_url = raw.get("fullUrl")
         base = self.service.base + "/"
         if url.startswith(base):

@@ -364,20 +364,7 @@ def _parse_has(resource_type: str, name: str, value: str, ctx: ParseContext,
 
 def _split_or(value: str, name: str) -> list[str]:
     """Split at unescaped commas (R4 §3.1.1.1.1 escaping: `\\,` `\\|` `\\$` `\\\\`)."""
-    out, cur, i = [], [], 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\" and i + 1 < len(value):
-            cur.append(value[i:i + 2])
-            i += 2
-            continue
-        if ch == ",":
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    out.append("".join(cur))
+    out = _split_unescaped(value, ",")
     if any(v == "" for v in out):
         raise SearchError(f"{name}: empty value (check for stray commas)", name)
     return out

@@ -120,3 +120,15 @@ def test_unresolvable_urn_reference_fails_the_transaction(client: TestClient) ->
     status, body = post_bundle(client, bundle)
     assert status == 404
     assert "urn:uuid:9f1f3c9e" in body["issue"][0]["diagnostics"]
+
+
+def test_malformed_entry_requests_are_400_not_server_errors(client: TestClient) -> None:
+    for request in ({"method": ["PUT"], "url": "Patient/p1"},
+                    {"method": {"x": 1}, "url": "Patient/p1"},
+                    {"method": "PUT", "url": "Patient/p1", "ifMatch": ["W/\"1\""]},
+                    {"method": "POST", "url": "Patient", "ifNoneExist": {"a": 1}}):
+        bundle = {"resourceType": "Bundle", "type": "transaction",
+                  "entry": [{"resource": patient("p1"), "request": request}]}
+        status, body = post_bundle(client, bundle)
+        assert status == 400, (request, body)
+        assert body["resourceType"] == "OperationOutcome"
