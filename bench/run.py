@@ -4,7 +4,8 @@ One run measures, each as the median of several runs with its min–max range:
 
 1. the ceiling: a bare FastAPI endpoint served by uvicorn as the FHIR server is (wrk);
 2. loading the data set through 1,000-entry transaction Bundles (cached afterwards);
-3. read by id of random existing Observations and Patients, as a share of the ceiling;
+3. read by id of random existing Observations and Patients, as a share of the ceiling (its
+   runs take turns with those of 1, so machine noise hits both alike);
 4. latency of `Observation?patient&code` and `Observation?patient&date=ge…&_sort=-date`;
 5. the wall time of one 1,000-entry transaction Bundle with fresh ids;
 6. sustained ingest into a fresh store (resources/s);

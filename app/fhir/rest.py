@@ -9,14 +9,15 @@ authenticator; the service runs authorize → execute → audit.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.definitions.registry import load_registry
 from app.fhir.bundles import BundleProcessor
 from app.fhir.capability import capability_statement
 from app.fhir.interactions import Call, FhirService, Result
@@ -34,6 +35,11 @@ BODY_DOC = {"requestBody": {"content": {"application/fhir+json": {"schema": {"ty
                             "required": True}}
 PATCH_DOC = {"requestBody": {"content": {"application/json-patch+json": {
     "schema": {"type": "array", "items": {"type": "object"}}}}, "required": True}}
+# Documented in the OpenAPI schema only: an unknown type must still get the FHIR 404.
+TypeParam = Annotated[str, Path(json_schema_extra={
+    "enum": list(load_registry().resource_types), "description": "FHIR R4 resource type"})]
+IdParam = Annotated[str, Path(json_schema_extra={
+    "pattern": "^[A-Za-z0-9\\-.]{1,64}$", "description": "FHIR resource id"})]
 READ_PARAMS = ("_format", "_pretty", "_summary", "_elements")
 
 
@@ -233,14 +239,14 @@ def build_router(service: FhirService) -> APIRouter:
         return render(await bundles.process(call, await request.body()), pretty)
 
     @router.get("/{type_}", tags=["type"])
-    async def search_type(type_: str, request: Request) -> Response:
+    async def search_type(type_: TypeParam, request: Request) -> Response:
         pretty = negotiate(request)
         call = await make_call(request, service)
         return render(await service.search(call, (type_,), query_list(request),
                                            type_), pretty)
 
     @router.post("/{type_}", tags=["type"], openapi_extra=BODY_DOC)
-    async def create(type_: str, request: Request) -> Response:
+    async def create(type_: TypeParam, request: Request) -> Response:
         pretty = negotiate(request)
         check_content_type(request)
         call = await make_call(request, service)
@@ -248,7 +254,7 @@ def build_router(service: FhirService) -> APIRouter:
                       pretty)
 
     @router.put("/{type_}", tags=["type"], openapi_extra=BODY_DOC)
-    async def conditional_update(type_: str, request: Request) -> Response:
+    async def conditional_update(type_: TypeParam, request: Request) -> Response:
         pretty = negotiate(request)
         check_content_type(request)
         query = _criteria(request)
@@ -257,7 +263,7 @@ def build_router(service: FhirService) -> APIRouter:
                                                        await request.body()), pretty)
 
     @router.patch("/{type_}", tags=["type"], openapi_extra=PATCH_DOC)
-    async def conditional_patch(type_: str, request: Request) -> Response:
+    async def conditional_patch(type_: TypeParam, request: Request) -> Response:
         pretty = negotiate(request)
         check_content_type(request, patch=True)
         query = _criteria(request)
@@ -266,27 +272,27 @@ def build_router(service: FhirService) -> APIRouter:
                                                       await request.body()), pretty)
 
     @router.delete("/{type_}", tags=["type"])
-    async def conditional_delete(type_: str, request: Request) -> Response:
+    async def conditional_delete(type_: TypeParam, request: Request) -> Response:
         pretty = negotiate(request)
         call = await make_call(request, service)
         return render(await service.conditional_delete(call, type_,
                                                        _criteria(request)), pretty)
 
     @router.get("/{type_}/_history", tags=["type"])
-    async def history_type(type_: str, request: Request) -> Response:
+    async def history_type(type_: TypeParam, request: Request) -> Response:
         pretty = negotiate(request)
         call = await make_call(request, service)
         return render(await service.history(call, type_, None,
                                             query_list(request)), pretty)
 
     @router.get("/{type_}/{id_}", tags=["instance"])
-    async def read(type_: str, id_: str, request: Request) -> Response:
+    async def read(type_: TypeParam, id_: IdParam, request: Request) -> Response:
         if id_.startswith("$"):
             return await _operation(request, type_, None, id_, None)
         return await read_interaction(service, request, type_, id_)
 
     @router.post("/{type_}/{name}", tags=["type"], openapi_extra=BODY_DOC)
-    async def search_or_operation(type_: str, name: str, request: Request) -> Response:
+    async def search_or_operation(type_: TypeParam, name: str, request: Request) -> Response:
         if name == "_search":
             pretty = negotiate(request)
             params = await form_or_query(request)
@@ -299,7 +305,7 @@ def build_router(service: FhirService) -> APIRouter:
                     "update a resource")
 
     @router.put("/{type_}/{id_}", tags=["instance"], openapi_extra=BODY_DOC)
-    async def update(type_: str, id_: str, request: Request) -> Response:
+    async def update(type_: TypeParam, id_: IdParam, request: Request) -> Response:
         pretty = negotiate(request)
         check_content_type(request)
         call = await make_call(request, service)
@@ -307,7 +313,7 @@ def build_router(service: FhirService) -> APIRouter:
                       pretty)
 
     @router.patch("/{type_}/{id_}", tags=["instance"], openapi_extra=PATCH_DOC)
-    async def patch(type_: str, id_: str, request: Request) -> Response:
+    async def patch(type_: TypeParam, id_: IdParam, request: Request) -> Response:
         pretty = negotiate(request)
         check_content_type(request, patch=True)
         call = await make_call(request, service)
@@ -315,31 +321,32 @@ def build_router(service: FhirService) -> APIRouter:
                       pretty)
 
     @router.delete("/{type_}/{id_}", tags=["instance"])
-    async def delete(type_: str, id_: str, request: Request) -> Response:
+    async def delete(type_: TypeParam, id_: IdParam, request: Request) -> Response:
         pretty = negotiate(request)
         call = await make_call(request, service)
         return render(await service.delete(call, type_, id_), pretty)
 
     @router.get("/{type_}/{id_}/_history", tags=["instance"])
-    async def history_instance(type_: str, id_: str, request: Request) -> Response:
+    async def history_instance(type_: TypeParam, id_: IdParam, request: Request) -> Response:
         pretty = negotiate(request)
         call = await make_call(request, service)
         return render(await service.history(call, type_, id_,
                                             query_list(request)), pretty)
 
     @router.get("/{type_}/{id_}/_history/{vid}", tags=["instance"])
-    async def vread(type_: str, id_: str, vid: str, request: Request) -> Response:
+    async def vread(type_: TypeParam, id_: IdParam, vid: str, request: Request) -> Response:
         pretty = negotiate(request)
         call = await make_call(request, service)
         return render(await service.vread(call, type_, id_, vid), pretty, request,
                       registry)
 
     @router.get("/{type_}/{id_}/{op}", tags=["instance"])
-    async def instance_operation_get(type_: str, id_: str, op: str, request: Request) -> Response:
+    async def instance_operation_get(type_: TypeParam, id_: IdParam, op: str,
+                                     request: Request) -> Response:
         return await _operation(request, type_, id_, op, None)
 
     @router.post("/{type_}/{id_}/{op}", tags=["instance"], openapi_extra=BODY_DOC)
-    async def instance_operation_post(type_: str, id_: str, op: str,
+    async def instance_operation_post(type_: TypeParam, id_: IdParam, op: str,
                                       request: Request) -> Response:
         return await _operation(request, type_, id_, op, await request.body())
 

@@ -506,13 +506,6 @@ class SqliteStore:
             f"SELECT r.type, r.id FROM resource r WHERE {where.text} LIMIT ?",
             [*where.params, limit])]
 
-    async def optimize(self) -> None:
-        """Refresh the planner's statistics (after bulk loads)."""
-        assert self._writer is not None
-        writer = self._writer
-        await self._in_writer(lambda: writer.execute("PRAGMA optimize=0x10002"))
-        await self._in_writer(lambda: writer.execute("ANALYZE"))
-
 
 class SqliteUnitOfWork:
     """Reads and writes inside one `BEGIN IMMEDIATE` transaction on the writer connection."""

@@ -131,13 +131,16 @@ class Compiler:
             inner = Sql(f"SELECT 1 FROM {table} x WHERE x.rid = {r}.rid AND x.pid = ?", [pid])
             return Sql(f"{'NOT ' if missing else ''}EXISTS ({inner.text})", inner.params)
         matches = _or([self.value(p, v, "x") for v in p.values])
+        # Probes are pinned to the (rid, pid) index: with planner statistics SQLite would
+        # otherwise probe through the value index, scanning every row with that value.
+        probe = f"{table} x INDEXED BY {table}_r"
         if p.modifier == "not":
-            return Sql(f"NOT EXISTS (SELECT 1 FROM {table} x WHERE x.rid = {r}.rid AND x.pid = ? "
+            return Sql(f"NOT EXISTS (SELECT 1 FROM {probe} WHERE x.rid = {r}.rid AND x.pid = ? "
                        f"AND {matches.text})", [pid, *matches.params])
         if drive:
             return Sql(f"{r}.rid IN (SELECT x.rid FROM {table} x WHERE x.pid = ? AND "
                        f"{matches.text})", [pid, *matches.params])
-        return Sql(f"EXISTS (SELECT 1 FROM {table} x WHERE x.rid = {r}.rid AND x.pid = ? AND "
+        return Sql(f"EXISTS (SELECT 1 FROM {probe} WHERE x.rid = {r}.rid AND x.pid = ? AND "
                    f"{matches.text})", [pid, *matches.params])
 
     def value(self, p: Predicate, v: Any, x: str) -> Sql:
