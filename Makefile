@@ -7,11 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install lint typecheck pytest bench bench-quick definitions clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c deploy/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
