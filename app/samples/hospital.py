@@ -68,9 +68,9 @@ UCUM = "http://unitsofmeasure.org"
 # StructureDefinitions belong in fhir_profiles/ under the same URLs.
 EXT_BASE = "https://fhir.yilian.cn/StructureDefinition/"
 # On Patient._gender: the GB/T 2261.1 code beside the FHIR one.
-EXT_SEX = EXT_BASE + "gb-t-2261-1-sex"
+EXT_SEX = EXT_BASE + "gender-code"
 # On Patient: 民族 (GB 3304).
-EXT_ETHNICITY = EXT_BASE + "gb-3304-ethnicity"
+EXT_ETHNICITY = EXT_BASE + "ethnicity"
 
 # The fictional hospital's own LIS codes; `.example` (RFC 2606) keeps the URL from ever resolving.
 LIS_ITEM_SYSTEM = "http://donghua-xiehe.example/fhir/CodeSystem/lis-item"
