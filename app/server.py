@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -18,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.config import Settings
+from app.definitions.profiles import load_profile_resources, with_profiles
 from app.definitions.registry import load_registry
 from app.fhir.interactions import FhirService
 from app.fhir.outcome import FhirError, Issue, error, outcome_bytes
@@ -104,10 +107,23 @@ async def _send_outcome(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def seed_conformance(store: Store, resources: list[dict[str, Any]]) -> None:
+    """Store the CN conformance resources, writing a new version only when one changed."""
+    async with store.unit_of_work() as tx:
+        for resource in resources:
+            current = await tx.read(resource["resourceType"], resource["id"])
+            if current is not None and not current.deleted:
+                stored = orjson.loads(current.body)
+                stored.pop("meta", None)
+                if stored == {k: v for k, v in resource.items() if k != "meta"}:
+                    continue
+            await tx.put(resource["resourceType"], resource["id"], resource, method="PUT")
+
+
 def build_store(settings: Settings, indexer: Indexer) -> Store:
     if settings.store == "sqlite":
         from app.storage.sqlite import SqliteStore
-        return SqliteStore(settings.sqlite_path, load_registry(), indexer,
+        return SqliteStore(settings.sqlite_path, indexer.registry, indexer,
                            snapshot_seconds=settings.search_snapshot_seconds)
     raise ValueError(f"YILIAN_STORE={settings.store!r} is not supported yet; use 'sqlite'")
 
@@ -115,7 +131,8 @@ def build_store(settings: Settings, indexer: Indexer) -> Store:
 def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> FastAPI:
     settings = settings or Settings()
     hooks = hooks or Hooks()
-    registry = load_registry()
+    profile_resources = load_profile_resources(settings.profiles_dir)
+    registry = with_profiles(load_registry(), profile_resources)
     tz = parse_offset(settings.default_timezone)
     base = settings.base_url.rstrip("/")
     indexer = Indexer.from_settings(registry, settings)
@@ -127,6 +144,7 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.start()
+        await seed_conformance(store, profile_resources)
         app.state.started = now_instant()
         try:
             yield

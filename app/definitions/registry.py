@@ -60,6 +60,8 @@ class Registry:
     required_bindings: dict[str, dict[str, str]] = field(default_factory=dict)
     # value set url -> code system -> codes
     value_set_codes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
+    # resource type -> canonical URLs of the CN profiles on it (from fhir_profiles/)
+    profiles: dict[str, list[str]] = field(default_factory=dict)
     _elements: dict[str, dict[str, ElementInfo]] = field(default_factory=dict)
 
     def is_resource_type(self, name: str) -> bool:

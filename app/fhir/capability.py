@@ -44,6 +44,8 @@ def capability_statement(registry: Registry, base_url: str, software_date: str,
                                                                                   "_text"))
             ],
         }
+        if registry.profiles.get(rtype):
+            entry["supportedProfile"] = sorted(registry.profiles[rtype])
         ops = [op for op in OPERATIONS if rtype in op.resource_types or "Resource" in
                op.resource_types]
         if ops:

@@ -17,14 +17,17 @@ def put(client: TestClient, body: dict) -> dict:
 
 
 def test_instance_type_and_system_history(client: TestClient) -> None:
-    put(client, patient("p1"))
+    first = put(client, patient("p1"))["meta"]["lastUpdated"]
     put(client, {**patient("p1"), "gender": "female"})
     put(client, {**lab("p1"), "id": "o1"})
     inst = client.get("/fhir/Patient/p1/_history").json()
     assert inst["type"] == "history" and inst["total"] == 2
     assert [e["resource"]["meta"]["versionId"] for e in inst["entry"]] == ["2", "1"]
     assert client.get("/fhir/Patient/_history").json()["total"] == 2
-    assert client.get("/fhir/_history").json()["total"] == 3
+    # System history also holds the CN conformance resources stored at start-up.
+    system = client.get("/fhir/_history", params={"_since": first}).json()
+    assert system["total"] == 3
+    assert [e["request"]["url"] for e in system["entry"]][0] == "Observation/o1"
     assert client.get("/fhir/Patient/none/_history").status_code == 404
 
 

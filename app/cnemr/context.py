@@ -1,0 +1,73 @@
+"""The hospital a source row comes from, and the stable resource ids derived from source keys.
+
+Re-importing the same rows must update, not duplicate: every resource id is a short SHA-256 of
+the hospital's OID and the row's own key (院内患者ID, 检验报告单号 + 项目代码, …). The key is a
+hospital-internal number, never a 身份证号, and the id is a one-way hash of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+_ZONE = re.compile(r"[+-](0[0-9]|1[0-3]):[0-5][0-9]|\+14:00")
+
+
+@dataclass(frozen=True, slots=True)
+class Hospital:
+    """Where rows come from: the hospital's organisation OID and the zone of its clock.
+
+    `patient_id_system`, `lis_item_system` and `lis_panel_system` default to
+    `urn:oid:<oid>.patient`, `urn:oid:<oid>.lis-item` and `urn:oid:<oid>.lis-panel`; a
+    hospital that has registered numeric sub-arcs for them (an `urn:oid:` URI strictly allows
+    digits only, RFC 3001) passes those instead.
+    """
+
+    oid: str
+    tz: str = "+08:00"
+    patient_id_system: str = ""
+    lis_item_system: str = ""
+    lis_panel_system: str = ""
+
+    def __post_init__(self) -> None:
+        if not _OID.fullmatch(self.oid):
+            raise ValueError(
+                f"hospital OID {self.oid!r} is not a dotted numeric OID such as "
+                "2.16.156.10011.1.5.xxxx (give it without the urn:oid: prefix)")
+        if not _ZONE.fullmatch(self.tz):
+            raise ValueError(f"hospital time zone {self.tz!r} must be an offset like +08:00")
+        if not self.patient_id_system:
+            object.__setattr__(self, "patient_id_system", f"urn:oid:{self.oid}.patient")
+        if not self.lis_item_system:
+            object.__setattr__(self, "lis_item_system", f"urn:oid:{self.oid}.lis-item")
+        if not self.lis_panel_system:
+            object.__setattr__(self, "lis_panel_system", f"urn:oid:{self.oid}.lis-panel")
+
+
+def stable_id(prefix: str, hospital: Hospital, *key: str) -> str:
+    """`<prefix>-<20 hex digits>` from the hospital OID and the source key parts."""
+    digest = hashlib.sha256("\x1f".join((hospital.oid, prefix, *key)).encode()).hexdigest()
+    return f"{prefix}-{digest[:20]}"
+
+
+def patient_resource_id(hospital: Hospital, patient_id: str) -> str:
+    """Patient.id for a 院内患者ID (HIS patient id)."""
+    return stable_id("pat", hospital, patient_id)
+
+
+def encounter_resource_id(hospital: Hospital, visit_id: str) -> str:
+    """Encounter.id for a visit key; 门诊号 recycles, so callers pass a key unique per visit
+    (e.g. 门诊号 + visit date) when the hospital's 门诊号 is not unique on its own."""
+    return stable_id("enc", hospital, visit_id)
+
+
+def lab_report_resource_id(hospital: Hospital, report_id: str) -> str:
+    """DiagnosticReport.id for a 检验报告单号."""
+    return stable_id("dr", hospital, report_id)
+
+
+def lab_observation_resource_id(hospital: Hospital, report_id: str, item_code: str) -> str:
+    """Observation.id for one item (项目代码) of a 检验报告单."""
+    return stable_id("obs", hospital, report_id, item_code)

@@ -1,0 +1,45 @@
+"""What a Chinese EMR mapper reports about a value or row it could not take as given.
+
+Mappers never raise on bad source data: they return `(resources, errors)`. Each `RowError`
+names the canonical data element (`field`), the offending value as received (personal
+identifiers masked), the rule it broke and a message a hospital IT person can act on.
+
+`severity` says what happened to the row:
+- "error": the row was rejected and produced no resources;
+- "warning": the row was accepted; the value was left out, or (for a conflict such as a
+  身份证号 whose sex differs from the recorded sex) kept exactly as the source gave it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """One problem with one data element of one source row."""
+
+    field: str
+    value: str
+    rule: str
+    message: str
+    severity: Severity = "error"
+    # Position of the row in the sequence given to a multi-row mapper (0-based), so the
+    # importer can turn it into a file line; None for single-row mappers.
+    row: int | None = None
+
+
+class ValueRejected(ValueError):
+    """Raised by the parsers in `values`; mappers turn it into a `RowError`."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+    def to_row_error(self, field: str, value: str, severity: Severity = "error",
+                     row: int | None = None) -> RowError:
+        return RowError(field, value, self.rule, self.message, severity, row)
