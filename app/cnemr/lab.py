@@ -178,7 +178,8 @@ def map_lab_report(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hosp
                    ) -> tuple[list[Resource], list[RowError]]:
     """The (index, row) pairs of one 检验报告单 → Observations then their DiagnosticReport.
 
-    The whole report is rejected if its rows disagree on the patient or the visit; a single
+    The whole report is rejected if its rows disagree on the patient or the visit (a blank
+    cell is not a disagreement: report-level values are often on one row only); a single
     item is rejected if it has no code or no result, or repeats an item with a different result
     (an identical repeat is reported and imported once). Never raises on row content.
     """
@@ -188,7 +189,7 @@ def map_lab_report(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hosp
         return [], [RowError("report_id", "", "required", "检验报告单号 is required", "error",
                              rows[0][0] if rows else None)]
     for key in _REPORT_KEYS:
-        values = {fold(r.get(key)) for _, r in rows}
+        values = {fold(r.get(key)) for _, r in rows} - {""}
         if len(values) > 1:
             return [], [RowError(key, fold(r.get(key)), "report-consistency",
                                  f"rows of 检验报告单 {report_id} disagree on {key} "

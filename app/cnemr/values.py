@@ -27,7 +27,6 @@ from app.cnemr.errors import ValueRejected
 from app.samples.identity import (
     PROVINCE_PREFIXES,
     IdInfo,
-    check_digit,
     parse_id,
     upgrade_15_to_18,
 )
@@ -208,8 +207,13 @@ def normalize_id_number(text: str | None) -> IdNumber:
             s = upgrade_15_to_18(s)
         info = parse_id(s)
     except ValueError as exc:
-        rule = ("gb11643-check-digit" if check_digit(s[:17]) != s[17]
-                else "gb11643-birth-date")
+        # parse_id checks the birth date before the check character; so does this.
+        birth = "19" + s[6:12] if len(s) == 15 else s[6:14]
+        try:
+            date(int(birth[:4]), int(birth[4:6]), int(birth[6:]))
+            rule = "gb11643-check-digit"
+        except ValueError:
+            rule = "gb11643-birth-date"
         raise ValueRejected(rule, str(exc)) from None
     return IdNumber(s, info, upgraded)
 

@@ -27,7 +27,7 @@ def test_instance_type_and_system_history(client: TestClient) -> None:
     # System history also holds the CN conformance resources stored at start-up.
     system = client.get("/fhir/_history", params={"_since": first}).json()
     assert system["total"] == 3
-    assert [e["request"]["url"] for e in system["entry"]][0] == "Observation/o1"
+    assert system["entry"][0]["request"]["url"] == "Observation/o1"
     assert client.get("/fhir/Patient/none/_history").status_code == 404
 
 

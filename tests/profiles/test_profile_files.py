@@ -198,7 +198,7 @@ def test_marital_map_covers_every_gb_code() -> None:
     table = _translations("ConceptMap/gbt-2261-2-to-v3-marital-status.json")
     assert set(table) == set(_codes("urn:oid:2.16.156.10011.2.3.3.5"))
     assert {c: t[0] for c, t in table.items()} == {
-        "10": "U", "20": "M", "21": "M", "22": "M", "23": "M", "30": "W", "40": "D", "90": "UNK"}
+        "10": "S", "20": "M", "21": "M", "22": "M", "23": "M", "30": "W", "40": "D", "90": "UNK"}
 
 
 # -- StructureDefinitions ------------------------------------------------------------------

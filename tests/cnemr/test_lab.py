@@ -1,0 +1,275 @@
+"""检验报告 LIS rows → FHIR R4 DiagnosticReport + Observations (app.cnemr.lab)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.cnemr.context import (
+    Hospital,
+    encounter_resource_id,
+    lab_observation_resource_id,
+    lab_report_resource_id,
+    patient_resource_id,
+)
+from app.cnemr.errors import RowError
+from app.cnemr.lab import map_lab_rows
+from app.cnemr.patient import map_patient
+from app.definitions.registry import load_registry
+from app.fhir.validation import validate_resource
+
+HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+
+REPORT = {"report_id": "JY20261120000731", "patient_id": "0001023456", "visit_id": "MZ2611200087",
+          "specimen_no": "2611200731", "collected_time": "2026/11/20 07:42",
+          "test_time": "2026-11-20 08:15:00", "report_time": "20261120091530",
+          "department": "检验科", "doctor": "单雄信"}
+
+
+def item(code: str, name: str, result: str, unit: str = "", rng: str = "", flag: str = "",
+         **extra: Any) -> dict[str, Any]:
+    return {**REPORT, "item_code": code, "item_name": name, "result": result, "unit": unit,
+            "reference_range": rng, "abnormal_flag": flag, **extra}
+
+
+CBC = [
+    item("WBC", "白细胞计数", "11.62", "10^9/L", "3.5-9.5", "H", panel_code="XCG",
+         panel_name="血常规"),
+    item("RBC", "红细胞计数", "4.21", "10^12/L", "3.8~5.1", "", panel_code="XCG",
+         panel_name="血常规"),
+    item("HGB", "血红蛋白", "98", "g/L", "115-150", "↓", panel_code="XCG", panel_name="血常规"),
+    item("PLT", "血小板计数", "256", "10^9/L", "125-350", "N", panel_code="XCG",
+         panel_name="血常规"),
+]
+
+
+def mapped(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[RowError]]:
+    resources, errors = map_lab_rows(rows, HOSPITAL)
+    registry = load_registry()
+    for resource in resources:
+        issues = [i for i in validate_resource(resource, registry)
+                  if i.severity in ("error", "fatal")]
+        assert issues == [], (resource["resourceType"], issues)
+    return resources, errors
+
+
+def by_code(resources: list[dict[str, Any]], local: str) -> dict[str, Any]:
+    return next(r for r in resources if r["resourceType"] == "Observation"
+                and any(c["code"] == local for c in r["code"]["coding"]))
+
+
+def report_of(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    [report] = [r for r in resources if r["resourceType"] == "DiagnosticReport"]
+    return report
+
+
+def test_a_cbc_report_maps_to_a_lab_report_with_one_observation_per_item() -> None:
+    resources, errors = mapped(CBC)
+    assert errors == []
+    assert [r["resourceType"] for r in resources] == ["Observation"] * 4 + ["DiagnosticReport"]
+    report = report_of(resources)
+    assert report["id"] == lab_report_resource_id(HOSPITAL, "JY20261120000731")
+    assert report["identifier"][0]["system"] == "urn:oid:2.16.156.10011.1.33"
+    assert report["identifier"][0]["value"] == "JY20261120000731"
+    assert report["category"][0]["coding"][0]["code"] == "LAB"
+    assert report["code"]["coding"][0] == {"system": LOINC, "code": "58410-2",
+                                           "display": "CBC panel - Blood by Automated count"}
+    assert report["result"] == [{"reference": f"Observation/{r['id']}"} for r in resources[:4]]
+    assert report["performer"] == [{"display": "检验科"}]
+    assert report["resultsInterpreter"] == [{"display": "单雄信"}]
+
+
+def test_every_resource_points_at_the_same_patient_and_encounter_as_the_patient_mapper() -> None:
+    patient = map_patient({"patient_id": "0001023456", "name": "欧阳娜娜"}, HOSPITAL)[0][0]
+    resources, _ = mapped(CBC)
+    for resource in resources:
+        assert resource["subject"] == {"reference": f"Patient/{patient['id']}"}
+        assert resource["encounter"] == {
+            "reference": "Encounter/" + encounter_resource_id(HOSPITAL, "MZ2611200087")}
+        assert resource["effectiveDateTime"] == "2026-11-20T07:42:00+08:00"
+        assert resource["issued"] == "2026-11-20T09:15:30+08:00"
+    assert patient["id"] == patient_resource_id(HOSPITAL, "0001023456")
+
+
+def test_observation_ids_are_stable_across_reimports_and_keyed_by_report_and_item() -> None:
+    first, _ = mapped(CBC)
+    again, _ = mapped(list(reversed(CBC)))
+    assert {r["id"] for r in first} == {r["id"] for r in again}
+    assert by_code(first, "WBC")["id"] == lab_observation_resource_id(
+        HOSPITAL, "JY20261120000731", "WBC")
+
+
+def test_items_get_loinc_and_the_local_lis_code_and_ucum_units() -> None:
+    resources, _ = mapped(CBC)
+    wbc = by_code(resources, "WBC")
+    assert wbc["category"][0]["coding"][0]["code"] == "laboratory"
+    assert wbc["code"]["coding"][0]["system"] == LOINC
+    assert wbc["code"]["coding"][0]["code"] == "6690-2"
+    assert wbc["code"]["coding"][1] == {"system": HOSPITAL.lis_item_system, "code": "WBC",
+                                        "display": "白细胞计数"}
+    assert HOSPITAL.lis_item_system == "urn:oid:2.16.156.10011.1.5.110000101.lis-item"
+    assert wbc["valueQuantity"] == {"value": 11.62, "unit": "10^9/L", "system": UCUM,
+                                    "code": "10*9/L"}
+    assert wbc["referenceRange"][0]["low"]["value"] == 3.5
+    assert wbc["referenceRange"][0]["high"]["code"] == "10*9/L"
+    assert wbc["interpretation"][0]["coding"][0]["code"] == "H"
+    assert by_code(resources, "RBC")["valueQuantity"]["code"] == "10*12/L"
+    assert by_code(resources, "HGB")["interpretation"][0]["coding"][0]["code"] == "L"
+    assert by_code(resources, "PLT")["code"]["coding"][0]["code"] == "777-3"
+    assert "interpretation" not in by_code(resources, "RBC")
+
+
+def test_liver_and_kidney_items_use_the_molar_loinc_codes_chinese_units_measure() -> None:
+    rows = [item("ALT", "丙氨酸氨基转移酶", "56", "U/L", "7-40", "H"),
+            item("AST", "天门冬氨酸氨基转移酶", "31", "U/L", "13-35"),
+            item("TBIL", "总胆红素", "12.4", "μmol/L", "3.4-20.5"),
+            item("ALB", "白蛋白", "41.2", "g/L", "40-55"),
+            item("CREA", "肌酐", "68", "umol/L", "41-73"),
+            item("UREA", "尿素", "5.1", "mmol/L", "2.6-7.5"),
+            item("UA", "尿酸", "402", "µmol/L", "155-357", "↑")]
+    resources, errors = mapped(rows)
+    assert errors == []
+    loinc = {r["code"]["coding"][1]["code"]: r["code"]["coding"][0]["code"]
+             for r in resources if r["resourceType"] == "Observation"}
+    assert loinc == {"ALT": "1742-6", "AST": "1920-8", "TBIL": "14631-6", "ALB": "1751-7",
+                     "CREA": "14682-9", "UREA": "22664-7", "UA": "14933-6"}
+    assert by_code(resources, "TBIL")["valueQuantity"]["unit"] == "μmol/L"
+    assert by_code(resources, "TBIL")["valueQuantity"]["code"] == "umol/L"
+
+
+def test_a_creatinine_in_mass_units_gets_no_molar_loinc_code() -> None:
+    resources, _ = mapped([item("CREA", "肌酐", "0.9", "mg/dL", "0.5-1.1")])
+    codes = [c["system"] for c in by_code(resources, "CREA")["code"]["coding"]]
+    assert codes == [HOSPITAL.lis_item_system]
+
+
+def test_less_than_results_and_negative_results_are_kept_faithfully() -> None:
+    rows = [item("CRP", "C反应蛋白", "<0.5", "mg/L", "<5"),
+            item("HBsAg", "乙型肝炎表面抗原", "阴性", "", "阴性"),
+            item("URO", "尿蛋白", "++", "", "阴性", "阳性")]
+    resources, errors = mapped(rows)
+    assert errors == []
+    crp = by_code(resources, "CRP")
+    assert crp["valueQuantity"]["comparator"] == "<"
+    assert crp["valueQuantity"]["value"] == 0.5
+    assert crp["referenceRange"] == [{"high": {"value": 5, "unit": "mg/L", "system": UCUM,
+                                               "code": "mg/L"}, "text": "<5"}]
+    hbsag = by_code(resources, "HBsAg")
+    assert hbsag["valueString"] == "阴性"
+    assert hbsag["referenceRange"] == [{"text": "阴性"}]
+    assert "valueQuantity" not in hbsag
+    urine = by_code(resources, "URO")
+    assert urine["valueString"] == "++"
+    assert urine["interpretation"][0]["coding"][0]["code"] == "POS"
+
+
+def test_full_width_digits_in_results_are_read_as_numbers() -> None:
+    resources, _ = mapped([item("GLU", "葡萄糖", "５.６", "mmol/L", "3.9-6.1")])
+    assert by_code(resources, "GLU")["valueQuantity"]["value"] == 5.6
+
+
+def test_a_blank_result_rejects_only_that_item_and_names_its_row() -> None:
+    rows = [*CBC[:2], item("HCT", "红细胞压积", "", "%", "35-45")]
+    resources, errors = mapped(rows)
+    assert [r["resourceType"] for r in resources] == ["Observation"] * 2 + ["DiagnosticReport"]
+    [error] = errors
+    assert (error.field, error.rule, error.severity, error.row) == (
+        "result", "result-required", "error", 2)
+
+
+def test_rows_of_one_report_that_disagree_on_the_patient_reject_the_report() -> None:
+    rows = [*CBC[:2], {**CBC[2], "patient_id": "0001029999"}]
+    resources, errors = mapped(rows)
+    assert resources == []
+    assert {e.rule for e in errors} == {"report-consistency"}
+    assert sorted(e.row for e in errors if e.row is not None) == [0, 1, 2]
+
+
+def test_an_identical_duplicate_row_is_imported_once_and_reported() -> None:
+    resources, errors = mapped([*CBC, CBC[0]])
+    assert len(report_of(resources)["result"]) == 4
+    [error] = errors
+    assert (error.rule, error.severity, error.row) == ("duplicate-item", "warning", 4)
+
+
+def test_a_conflicting_duplicate_item_is_rejected_and_reported() -> None:
+    resources, errors = mapped([*CBC, {**CBC[0], "result": "12.00"}])
+    assert by_code(resources, "WBC")["valueQuantity"]["value"] == 11.62
+    [error] = errors
+    assert (error.rule, error.severity) == ("conflicting-item", "error")
+
+
+def test_rows_of_several_reports_are_grouped_by_report_id() -> None:
+    liver = [{**item("ALT", "丙氨酸氨基转移酶", "23", "U/L", "9-50"),
+              "report_id": "JY20261120000732", "panel_name": "肝功能"}]
+    resources, errors = mapped([CBC[0], liver[0], CBC[1]])
+    assert errors == []
+    reports = [r for r in resources if r["resourceType"] == "DiagnosticReport"]
+    assert [len(r["result"]) for r in reports] == [2, 1]
+    assert reports[1]["code"]["coding"][0]["code"] == "24325-3"
+
+
+def test_rows_without_report_id_or_item_code_are_rejected_with_their_position() -> None:
+    rows = [CBC[0], {**CBC[1], "report_id": ""}, {**CBC[2], "item_code": " "}]
+    resources, errors = mapped(rows)
+    assert len(report_of(resources)["result"]) == 1
+    assert [(e.row, e.field, e.rule) for e in errors] == [
+        (1, "report_id", "required"), (2, "item_code", "required")]
+
+
+def test_bad_optional_values_are_left_out_with_warnings() -> None:
+    rows = [item("WBC", "白细胞计数", "6.1", "10^9/L", "9.5-3.5", "?",
+                 report_time="2026-11-20"),
+            item("ESR", "血沉", "12", "毫米/小时", "0-20")]
+    resources, errors = mapped(rows)
+    wbc = by_code(resources, "WBC")
+    assert "referenceRange" not in wbc and "interpretation" not in wbc and "issued" not in wbc
+    assert {(e.field, e.rule) for e in errors} == {
+        ("reference_range", "range-order"), ("abnormal_flag", "flag-unknown"),
+        ("report_time", "instant-needs-time"), ("unit", "ucum-unknown")}
+    assert all(e.severity == "warning" for e in errors)
+    esr = by_code(resources, "ESR")
+    assert esr["valueQuantity"] == {"value": 12, "unit": "毫米/小时"}
+
+
+def test_a_report_without_specimen_visit_or_times_still_maps() -> None:
+    rows = [{"report_id": "JY20261120000999", "patient_id": "0001023456", "item_code": "K",
+             "item_name": "钾", "result": "4.1", "unit": "mmol/L"}]
+    resources, errors = mapped(rows)
+    assert errors == []
+    report = report_of(resources)
+    assert report["code"] == {"text": "检验报告"}
+    assert not {"encounter", "specimen", "effectiveDateTime", "issued"} & set(report)
+
+
+CELL = st.one_of(st.none(), st.text(max_size=16), st.integers(), st.floats(allow_nan=True),
+                 st.sampled_from(["", "<0.5", "≥5", "阴性", "3.5-9.5", "9-3", "↑", "5.6↑",
+                                  "10^9/L", "20261120", "2026/11/20 25:61", "R1", "P1"]))
+LAB_FIELDS = ("report_id", "patient_id", "visit_id", "item_code", "item_name", "result", "unit",
+              "reference_range", "abnormal_flag", "specimen_no", "panel_code", "panel_name",
+              "collected_time", "test_time", "report_time", "department", "doctor")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({}, optional={f: CELL for f in LAB_FIELDS}), max_size=5))
+def test_no_row_content_makes_the_mapper_raise_or_emit_invalid_fhir(
+        rows: list[dict[str, Any]]) -> None:
+    resources, errors = map_lab_rows(rows, HOSPITAL)
+    registry = load_registry()
+    for resource in resources:
+        assert [i for i in validate_resource(resource, registry)
+                if i.severity in ("error", "fatal")] == []
+    assert all(e.rule and e.message for e in errors)
+
+
+def test_report_level_values_given_on_one_row_only_apply_to_the_whole_report() -> None:
+    rows = [CBC[0], {**CBC[1], "patient_id": "", "visit_id": "", "report_time": ""}]
+    resources, errors = mapped(rows)
+    assert errors == []
+    assert {r["subject"]["reference"] for r in resources} == {
+        "Patient/" + patient_resource_id(HOSPITAL, "0001023456")}
+    assert all("encounter" in r and "issued" in r for r in resources)

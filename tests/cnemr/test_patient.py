@@ -1,0 +1,238 @@
+"""患者基本信息 rows → FHIR R4 Patient (app.cnemr.patient)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.cnemr.context import Hospital, patient_resource_id
+from app.cnemr.errors import RowError
+from app.cnemr.patient import map_patient
+from app.definitions.registry import load_registry
+from app.fhir.validation import validate_resource
+from app.samples.hospital import EXT_ETHNICITY, EXT_SEX
+from app.samples.identity import check_digit, make_id
+
+HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
+ID_CARD = "urn:oid:2.16.156.10011.1.3"
+MRN = "urn:oid:2.16.156.10011.1.13"
+
+OUYANG_ID = make_id("440106", date(1996, 2, 6), 124)  # 广州天河, female
+SHAN_ID = make_id("140105", date(1958, 9, 3), 317)  # 太原小店, male
+
+
+def row(**overrides: Any) -> dict[str, Any]:
+    base = {
+        "patient_id": "0001023456", "name": "欧阳娜娜", "gender_code": "2",
+        "birth_date": "19960206", "id_type_code": "01", "id_number": OUYANG_ID,
+        "ethnicity_code": "01", "marital_status_code": "10", "phone": "13800138000",
+        "address": "广东省广州市天河区天河路385号", "medical_record_no": "BA00102345",
+    }
+    base.update(overrides)
+    return base
+
+
+def mapped(r: dict[str, Any]) -> tuple[dict[str, Any], list[RowError]]:
+    resources, errors = map_patient(r, HOSPITAL)
+    assert len(resources) == 1
+    patient = resources[0]
+    issues = [i for i in validate_resource(patient, load_registry())
+              if i.severity in ("error", "fatal")]
+    assert issues == [], issues
+    return patient, errors
+
+
+def identifier(patient: dict[str, Any], system: str) -> str | None:
+    return next((i["value"] for i in patient["identifier"] if i.get("system") == system), None)
+
+
+def test_a_complete_row_maps_every_data_element_and_validates() -> None:
+    patient, errors = mapped(row())
+    assert errors == []
+    assert patient["id"] == patient_resource_id(HOSPITAL, "0001023456")
+    assert identifier(patient, ID_CARD) == OUYANG_ID
+    assert identifier(patient, MRN) == "BA00102345"
+    assert identifier(patient, HOSPITAL.patient_id_system) == "0001023456"
+    assert HOSPITAL.patient_id_system == "urn:oid:2.16.156.10011.1.5.110000101.patient"
+    assert patient["gender"] == "female"
+    assert patient["_gender"]["extension"][0] == {"url": EXT_SEX, "valueCoding": {
+        "system": "urn:oid:2.16.156.10011.2.3.3.4", "code": "2", "display": "女性"}}
+    assert patient["birthDate"] == "1996-02-06"
+    assert patient["extension"][0]["url"] == EXT_ETHNICITY
+    assert patient["extension"][0]["valueCodeableConcept"]["coding"][0] == {
+        "system": "urn:oid:2.16.156.10011.2.3.3.3", "code": "01", "display": "汉族"}
+    assert [c["code"] for c in patient["maritalStatus"]["coding"]] == ["10", "S"]
+    assert patient["telecom"] == [{"system": "phone", "value": "13800138000", "use": "mobile"}]
+    assert patient["address"] == [{"use": "home", "text": "广东省广州市天河区天河路385号"}]
+
+
+@pytest.mark.parametrize(("name", "family", "given"), [
+    ("欧阳娜娜", "欧阳", ["娜娜"]), ("单雄信", "单", ["雄信"]), ("诸葛亮", "诸葛", ["亮"]),
+    ("司马光", "司马", ["光"]), ("王芳", "王", ["芳"]),
+])
+def test_han_names_split_into_family_and_given_with_compound_surnames(
+        name: str, family: str, given: list[str]) -> None:
+    patient, _ = mapped(row(name=name))
+    assert patient["name"] == [{"use": "official", "text": name, "family": family,
+                                "given": given}]
+
+
+def test_a_uyghur_dotted_name_takes_the_fathers_name_as_family() -> None:
+    patient, _ = mapped(row(name="艾力·买买提", ethnicity_code="05"))
+    assert patient["name"][0] == {"use": "official", "text": "艾力·买买提",
+                                  "family": "买买提", "given": ["艾力"]}
+
+
+def test_a_tibetan_name_has_no_family_name() -> None:
+    patient, _ = mapped(row(name="扎西顿珠", ethnicity_code="04"))
+    assert patient["name"][0] == {"use": "official", "text": "扎西顿珠", "given": ["扎西顿珠"]}
+
+
+def test_a_name_in_latin_letters_keeps_only_its_text() -> None:
+    patient, _ = mapped(row(name="SMITH JOHN", id_type_code="03", id_number="E12345678"))
+    assert patient["name"][0] == {"use": "official", "text": "SMITH JOHN"}
+
+
+def test_reimporting_the_same_patient_gives_the_same_id_and_other_hospitals_differ() -> None:
+    first, _ = mapped(row())
+    again, _ = mapped(row(phone="13900139000"))
+    other = map_patient(row(), Hospital("2.16.156.10011.1.5.310000202"))[0][0]
+    assert first["id"] == again["id"] != other["id"]
+
+
+def test_full_width_digits_in_phone_and_id_number_are_folded() -> None:
+    full_width_id = "".join(chr(ord(c) + 0xFEE0) for c in SHAN_ID)
+    patient, errors = mapped(row(name="单雄信", gender_code="1", birth_date="1958-09-03",
+                                 id_number=full_width_id, phone="１３８００１３８０００"))
+    assert errors == []
+    assert identifier(patient, ID_CARD) == SHAN_ID
+    assert patient["telecom"][0]["value"] == "13800138000"
+
+
+def test_a_legacy_15_digit_id_is_upgraded_and_the_upgrade_reported() -> None:
+    patient, errors = mapped(row(name="单雄信", gender_code="1", birth_date="1967-04-01",
+                                 id_number="130503670401001"))
+    assert identifier(patient, ID_CARD) == "13050319670401001" + check_digit("13050319670401001")
+    assert [(e.field, e.rule, e.severity) for e in errors] == [
+        ("id_number", "gb11643-legacy-15", "warning")]
+
+
+def test_a_wrong_check_digit_leaves_the_id_out_and_reports_it_masked() -> None:
+    wrong = OUYANG_ID[:17] + ("0" if OUYANG_ID[17] != "0" else "1")
+    patient, errors = mapped(row(id_number=wrong))
+    assert identifier(patient, ID_CARD) is None
+    assert identifier(patient, MRN) == "BA00102345"
+    [error] = errors
+    assert (error.field, error.rule, error.severity) == ("id_number", "gb11643-check-digit",
+                                                         "warning")
+    assert wrong not in error.value and wrong not in error.message
+    assert error.value == "440106********" + wrong[-4:]
+
+
+def test_a_sex_mismatch_with_the_id_is_reported_and_both_values_kept_as_given() -> None:
+    patient, errors = mapped(row(gender_code="1"))  # the number says female
+    assert patient["gender"] == "male"
+    assert identifier(patient, ID_CARD) == OUYANG_ID
+    [error] = errors
+    assert (error.field, error.value, error.rule, error.severity) == (
+        "gender_code", "1", "id-sex-mismatch", "warning")
+
+
+def test_a_birth_date_mismatch_with_the_id_is_reported_without_leaking_the_number() -> None:
+    patient, errors = mapped(row(birth_date="1996-06-02"))
+    assert patient["birthDate"] == "1996-06-02"
+    [error] = errors
+    assert (error.field, error.rule) == ("birth_date", "id-birth-mismatch")
+    assert OUYANG_ID not in error.value
+
+
+def test_blank_optional_fields_are_simply_absent() -> None:
+    r = {"patient_id": "0001023999", "name": "张伟", "gender_code": "", "birth_date": None,
+         "id_number": "  ", "ethnicity_code": "", "marital_status_code": "", "phone": "",
+         "address": "", "medical_record_no": ""}
+    patient, errors = mapped(r)
+    assert errors == []
+    assert set(patient) == {"resourceType", "id", "identifier", "name"}
+
+
+def test_missing_patient_id_or_name_rejects_the_row() -> None:
+    resources, errors = map_patient(row(patient_id=" ", name=""), HOSPITAL)
+    assert resources == []
+    assert {(e.field, e.rule, e.severity) for e in errors} == {
+        ("patient_id", "required", "error"), ("name", "required", "error")}
+
+
+def test_bad_optional_codes_are_left_out_and_each_reported() -> None:
+    patient, errors = mapped(row(gender_code="3", ethnicity_code="60", marital_status_code="50",
+                                 phone="不详", birth_date="1996-02-30"))
+    assert {"gender", "maritalStatus", "extension", "telecom", "birthDate"}.isdisjoint(patient)
+    assert {e.rule for e in errors} == {"gbt-2261.1", "gb-3304", "gbt-2261.2", "phone-format",
+                                        "date-calendar"}
+    assert all(e.severity == "warning" and e.message for e in errors)
+
+
+def test_gender_codes_follow_gbt_2261_1() -> None:
+    for code, fhir in (("0", "unknown"), ("1", "male"), ("2", "female"), ("9", "unknown"),
+                       ("男", "male"), ("女", "female")):
+        patient, _ = mapped(row(gender_code=code, id_number=""))
+        assert patient["gender"] == fhir
+
+
+def test_excel_stripped_ethnicity_and_homepage_marital_digits_are_understood() -> None:
+    patient, _ = mapped(row(ethnicity_code="8", marital_status_code="2"))
+    assert patient["extension"][0]["valueCodeableConcept"]["coding"][0]["display"] == "壮族"
+    assert [c["code"] for c in patient["maritalStatus"]["coding"]] == ["20", "M"]
+
+
+def test_other_marital_status_has_no_v3_translation() -> None:
+    patient, _ = mapped(row(marital_status_code="90"))
+    assert [c["code"] for c in patient["maritalStatus"]["coding"]] == ["90"]
+
+
+def test_a_passport_number_is_kept_with_its_type_but_never_as_a_resident_id() -> None:
+    patient, errors = mapped(row(id_type_code="03", id_number="E12345678"))
+    assert errors == []
+    assert identifier(patient, ID_CARD) is None
+    passport = next(i for i in patient["identifier"] if i["type"].get("text") == "护照")
+    assert passport["value"] == "E12345678"
+
+
+def test_two_numbers_in_one_phone_cell_become_two_telecoms_and_a_bad_one_is_reported() -> None:
+    patient, errors = mapped(row(phone="13800138000/010-69156114，待补"))
+    assert patient["telecom"] == [
+        {"system": "phone", "value": "13800138000", "use": "mobile"},
+        {"system": "phone", "value": "010-69156114"}]
+    assert [(e.field, e.value, e.rule) for e in errors] == [("phone", "待补", "phone-format")]
+
+
+def test_a_han_name_typed_with_a_space_still_splits_and_keeps_its_text() -> None:
+    patient, _ = mapped(row(name="欧阳 娜娜"))
+    assert patient["name"][0] == {"use": "official", "text": "欧阳 娜娜", "family": "欧阳",
+                                  "given": ["娜娜"]}
+
+
+def test_the_his_patient_id_is_typed_as_a_patient_internal_identifier() -> None:
+    patient, _ = mapped(row())
+    his = next(i for i in patient["identifier"] if i["system"] == HOSPITAL.patient_id_system)
+    assert his["type"]["coding"][0]["code"] == "PI"
+
+
+CELL = st.one_of(st.none(), st.text(max_size=24), st.integers(), st.floats(allow_nan=True),
+                 st.sampled_from(["", "  ", "１", "X", "19960230", "130503670401001",
+                                  OUYANG_ID, "欧阳", "·", "--"]))
+FIELDS = ("patient_id", "name", "gender_code", "birth_date", "id_type_code", "id_number",
+          "ethnicity_code", "marital_status_code", "phone", "address", "medical_record_no")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={f: CELL for f in FIELDS}))
+def test_no_row_content_makes_the_mapper_raise_or_emit_invalid_fhir(r: dict[str, Any]) -> None:
+    resources, errors = map_patient(r, HOSPITAL)
+    for resource in resources:
+        assert [i for i in validate_resource(resource, load_registry())
+                if i.severity in ("error", "fatal")] == []
+    assert all(e.rule and e.message for e in errors)
