@@ -23,6 +23,51 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    """`yilian import`: exit 0 when every row was imported, 1 when any was rejected, 2 on a
+    problem with the command itself (mapping file, hospital OID)."""
+    import asyncio
+    from pathlib import Path
+
+    from app.cnemr.context import Hospital
+    from app.cnemr.importer import DATA_ELEMENTS, Importer, count_rows, print_progress, summary
+    from app.cnemr.mapping import MappingError, load_mapping
+    from app.pipeline.hooks import Hooks
+    from app.server import build_service, seed_conformance
+
+    try:
+        mapping = load_mapping(Path(args.mapping), DATA_ELEMENTS)
+        hospital = Hospital(args.hospital_oid)
+    except (MappingError, ValueError) as exc:
+        print(f"yilian import: {exc}", file=sys.stderr)
+        return 2
+    if mapping.dataset != args.dataset:
+        print(f"yilian import: {args.mapping} maps dataset {mapping.dataset!r}, "
+              f"not {args.dataset!r}", file=sys.stderr)
+        return 2
+    paths = [Path(p) for p in args.paths]
+
+    async def run() -> int:
+        service, profiles = build_service(Settings(), Hooks())
+        await service.store.start()
+        try:
+            await seed_conformance(service.store, profiles)
+            progress = print_progress(count_rows(paths, mapping)) if sys.stderr.isatty() \
+                else None
+            report = await Importer(service, hospital, progress).import_files(mapping, paths)
+        finally:
+            await service.store.close()
+        if progress is not None:
+            print(file=sys.stderr)
+        report_path = Path(args.report)
+        report.write_csv(report_path)
+        print(summary(report))
+        print(f"report: {report_path}")
+        return 1 if report.rows_rejected else 0
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="yilian", description="Yilian (医链) FHIR R4 server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=_serve)
+    imp = sub.add_parser("import", help="import a hospital export (CSV in UTF-8/GBK/GB18030, "
+                         "JSON Lines) of a Chinese EMR dataset")
+    imp.add_argument("--dataset", required=True, choices=["patient", "lab"])
+    imp.add_argument("--mapping", required=True,
+                     help="YAML column mapping (see app/cnemr/mappings/ for examples)")
+    imp.add_argument("--hospital-oid", required=True,
+                     help="the hospital's organisation OID, e.g. 2.16.156.10011.1.5.110000001")
+    imp.add_argument("--report", default="import-report.csv",
+                     help="where to write every rejected row and doubtful value (CSV)")
+    imp.add_argument("paths", nargs="+", help="export files")
+    imp.set_defaults(func=_import)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -24,6 +24,7 @@ from app.definitions.profiles import load_profile_resources, with_profiles
 from app.definitions.registry import load_registry
 from app.fhir.interactions import FhirService
 from app.fhir.outcome import FhirError, Issue, error, outcome_bytes
+from app.fhir.profile_validation import ProfileValidator
 from app.fhir.rest import FHIR_JSON, FastRead, build_router
 from app.pipeline.hooks import Hooks
 from app.search.dates import now_instant, parse_offset
@@ -128,9 +129,11 @@ def build_store(settings: Settings, indexer: Indexer) -> Store:
     raise ValueError(f"YILIAN_STORE={settings.store!r} is not supported yet; use 'sqlite'")
 
 
-def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> FastAPI:
-    settings = settings or Settings()
-    hooks = hooks or Hooks()
+def build_service(settings: Settings, hooks: Hooks) -> tuple[FhirService, list[dict[str, Any]]]:
+    """The FHIR service on its store (not started), and the CN conformance resources to seed.
+
+    Shared by the HTTP server and the command-line tools, so both run the same interactions.
+    """
     profile_resources = load_profile_resources(settings.profiles_dir)
     registry = with_profiles(load_registry(), profile_resources)
     tz = parse_offset(settings.default_timezone)
@@ -139,7 +142,16 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
     store = build_store(settings, indexer)
     parse_ctx = ParseContext(registry, tz, (base,), settings.default_page_size,
                              settings.max_page_size)
-    service = FhirService(store, registry, settings, hooks, parse_ctx)
+    validator = ProfileValidator(profile_resources, registry)
+    return (FhirService(store, registry, settings, hooks, parse_ctx, validator),
+            profile_resources)
+
+
+def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> FastAPI:
+    settings = settings or Settings()
+    hooks = hooks or Hooks()
+    service, profile_resources = build_service(settings, hooks)
+    store = service.store
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.definitions.registry import Registry
 from app.fhir.outcome import FhirError, Issue, error, information
 from app.fhir.patch import PatchError, apply_json_patch
+from app.fhir.profile_validation import ProfileValidator
 from app.fhir.summary import apply_elements, apply_summary
 from app.fhir.validation import validate_resource
 from app.pipeline.hooks import AuditRecord, Hooks, Interaction, Principal
@@ -80,8 +81,9 @@ def parse_etag(value: str | None, header: str) -> int | None:
 
 class FhirService:
     def __init__(self, store: Store, registry: Registry, settings: Settings, hooks: Hooks,
-                 parse_context: ParseContext) -> None:
+                 parse_context: ParseContext, profile_validator: ProfileValidator) -> None:
         self.store = store
+        self.profile_validator = profile_validator
         self.registry = registry
         self.settings = settings
         self.hooks = hooks

@@ -2,6 +2,10 @@
 
 Answers 200 with an OperationOutcome whether or not the resource is valid; 4xx only when the
 validation itself cannot be done (no resource, unknown mode or profile).
+
+Besides the base R4 definition, the resource is validated against the CN profile named by the
+`profile` parameter and against the CN profiles it declares in `meta.profile` (see
+`app.fhir.profile_validation`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from app.fhir.validation import validate_resource
 from app.pipeline.hooks import Interaction
 
 MODES = ("create", "update", "delete")
+
+def _declared_profiles(resource: dict[str, Any] | None) -> list[str]:
+    meta = resource.get("meta") if resource is not None else None
+    declared = meta.get("profile") if isinstance(meta, dict) else None
+    return [p for p in declared if isinstance(p, str)] if isinstance(declared, list) else []
 
 
 async def validate_operation(svc: FhirService, call: Call, type_: str, id_: str | None,
@@ -43,9 +52,16 @@ async def validate_operation(svc: FhirService, call: Call, type_: str, id_: str 
             resource = parsed
     if mode is not None and mode not in MODES:
         raise error(400, "value", f"mode must be one of {', '.join(MODES)}, got {mode!r}", "mode")
+    validator = svc.profile_validator
+    known = validator.profiles_for(type_)
+    profiles: list[str] = []
     if profile is not None and profile != f"http://hl7.org/fhir/StructureDefinition/{type_}":
-        raise error(400, "not-supported", f"profile {profile!r} is not known to this server; "
-                    f"it validates against the base R4 {type_} definition", "profile")
+        if profile.split("|", 1)[0] not in known:
+            listed = ", ".join(known) if known else "none"
+            raise error(400, "not-supported", f"profile {profile!r} is not known to this server; "
+                        f"it validates against the base R4 {type_} definition and the CN "
+                        f"profiles for {type_} (known: {listed})", "profile")
+        profiles.append(profile)
     entities = []
     if resource is None and id_ is not None:
         stored = await svc.store.read(type_, id_)
@@ -67,6 +83,11 @@ async def validate_operation(svc: FhirService, call: Call, type_: str, id_: str 
             found = validate_resource(resource, svc.registry)
             issues += [Issue(i.severity, i.code, i.diagnostics, tuple(i.expression))
                        for i in found]
+            for declared in _declared_profiles(resource):
+                if declared.split("|", 1)[0] in known and declared not in profiles:
+                    profiles.append(declared)
+            for url in profiles:
+                issues += validator.validate(resource, url)
         if mode == "create" and "id" in resource and id_ is None:
             issues.append(Issue("warning", "informational", "an id given on create is ignored",
                                 (f"{type_}.id",)))
@@ -77,7 +98,9 @@ async def validate_operation(svc: FhirService, call: Call, type_: str, id_: str 
             issues.append(Issue("error", "invalid", f"the resource's id does not match {id_!r}",
                                 (f"{type_}.id",)))
     if not any(i.severity in ("error", "fatal") for i in issues):
+        against = "".join(f" and {url}" for url in profiles) if resource is not None else ""
         issues.insert(0, Issue("information", "informational",
-                               f"the {type_} is valid against the base FHIR R4 definition"))
+                               f"the {type_} is valid against the base FHIR R4 definition"
+                               f"{against}"))
     await svc.audit(call, interaction, 200, entities)
     return Result(200, outcome(issues))

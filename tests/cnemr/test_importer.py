@@ -1,0 +1,187 @@
+"""Importing hospital exports: three column styles, encodings, rejected-row report, reruns, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.cli import main
+from app.cnemr.context import Hospital
+from app.cnemr.importer import DATA_ELEMENTS, Importer, ImportReport
+from app.cnemr.mapping import MappingError, load_mapping
+from app.pipeline.hooks import Hooks
+from app.samples.identity import make_id
+from app.search.query import parse_search
+from app.server import build_service
+from tests.conftest import make_settings
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "app" / "cnemr" / "mappings"
+HOSPITAL = Hospital("2.16.156.10011.1.5.110000001")
+ZHANG = make_id("110105", date(1962, 3, 14), 31)  # 男, 北京朝阳
+OUYANG = make_id("440106", date(1988, 11, 2), 42)  # 女, 广州天河
+MA = make_id("640102", date(1990, 5, 12), 2)  # 女, 银川 (回族)
+
+# The same three patients as each export style writes them.
+PEOPLE = [
+    {"id": "BA100231", "name": "张建国", "sex": ("1", "男"), "birth": ("1962-03-14", "19620314"),
+     "card": ZHANG, "eth": "01", "mar": ("20", "已婚"), "phone": "13910012345"},
+    {"id": "BA100232", "name": "欧阳娜娜", "sex": ("2", "女"), "birth": ("1988-11-02", "19881102"),
+     "card": OUYANG, "eth": "01", "mar": ("10", "未婚"), "phone": "13602211234"},
+    {"id": "BA100233", "name": "马晓梅", "sex": ("2", "女"), "birth": ("1990-05-12", "19900512"),
+     "card": MA, "eth": "03", "mar": ("20", "已婚"), "phone": "13995012345"},
+]
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]], encoding: str) -> Path:
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(header)
+    out.writerows(rows)
+    path.write_bytes(buf.getvalue().encode(encoding))
+    return path
+
+
+def ws363_file(tmp: Path) -> Path:
+    return write_csv(tmp / "患者基本信息.csv",
+                     ["患者ID", "姓名", "性别代码", "出生日期", "身份证件类别代码", "身份证件号码",
+                      "民族", "婚姻状况代码", "电话号码", "病案号"],
+                     [[p["id"], p["name"], p["sex"][0], p["birth"][0], "01", p["card"], p["eth"],
+                       p["mar"][0], p["phone"], p["id"]] for p in PEOPLE], "utf-8")
+
+
+def shouye_file(tmp: Path) -> Path:
+    return write_csv(tmp / "basy.csv",
+                     ["BAH", "XM", "XB", "CSRQ", "ZJLX", "SFZH", "MZ", "HY", "DH"],
+                     [[p["id"], p["name"], p["sex"][0], p["birth"][1], "01", p["card"], p["eth"],
+                       p["mar"][0], p["phone"]] for p in PEOPLE], "gbk")
+
+
+def his_file(tmp: Path) -> Path:
+    return write_csv(tmp / "xt_brjbxx.csv",
+                     ["patid", "xm", "xb", "csny", "zjlx", "zjh", "mz", "hyzk", "dh"],
+                     [[p["id"], p["name"], p["sex"][1], p["birth"][0], "01", p["card"], p["eth"],
+                       p["mar"][1], p["phone"]] for p in PEOPLE], "gb18030")
+
+
+def run_import(tmp: Path, mapping_name: str, files: list[Path]) -> tuple[ImportReport,
+                                                                          list[dict[str, Any]]]:
+    async def go() -> tuple[ImportReport, list[dict[str, Any]]]:
+        service, _ = build_service(make_settings(tmp), Hooks())
+        await service.store.start()
+        try:
+            mapping = load_mapping(MAPPINGS / mapping_name, DATA_ELEMENTS)
+            report = await Importer(service, HOSPITAL).import_files(mapping, files)
+            query, _ = parse_search(("Patient",), [("_count", "100"), ("_sort", "_id")],
+                                    service.parse_ctx)
+            page = await service.store.search(query)
+            return report, [orjson.loads(v.body) for v in page.matches]
+        finally:
+            await service.store.close()
+    return asyncio.run(go())
+
+
+def without_meta(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "meta"} for r in resources]
+
+
+def test_three_export_styles_import_the_same_hospital_to_the_same_fhir(tmp_path: Path) -> None:
+    results = []
+    for name, make in (("patient-ws363.yaml", ws363_file), ("patient-shouye.yaml", shouye_file),
+                       ("patient-his.yaml", his_file)):
+        work = tmp_path / name
+        work.mkdir()
+        report, patients = run_import(work, name, [make(work)])
+        assert report.rows_rejected == 0, report.rejections
+        assert len(patients) == 3
+        results.append(without_meta(patients))
+    assert results[0] == results[1] == results[2]
+    ma = next(p for p in results[0] if p["name"][0]["text"] == "马晓梅")
+    assert {"system": "urn:oid:2.16.156.10011.1.3", "value": MA} in [
+        {k: i[k] for k in ("system", "value")} for i in ma["identifier"]]
+
+
+def test_rejected_rows_are_reported_with_file_line_column_and_rule(tmp_path: Path) -> None:
+    bad_card = ZHANG[:-1] + ("0" if ZHANG[-1] != "0" else "1")
+    path = write_csv(tmp_path / "basy.csv", ["BAH", "XM", "XB", "CSRQ", "SFZH"], [
+        ["BA1", "张建国", "1", "19620314", ZHANG],
+        ["BA2", "", "2", "19881102", OUYANG],          # no name: rejected
+        ["BA3", "李四", "1", "19700101", bad_card],     # wrong check digit: reported
+    ], "gbk")
+    report, patients = run_import(tmp_path, "patient-shouye.yaml", [path])
+    assert report.rows_read == 3
+    assert report.rows_rejected == 1
+    assert {p["name"][0]["text"] for p in patients} == {"张建国", "李四"}
+    missing = next(r for r in report.rejections if r.line == 3)
+    assert (missing.file, missing.column, missing.severity) == (str(path), "XM", "error")
+    check = next(r for r in report.rejections if r.line == 4)
+    assert check.column == "SFZH"
+    assert "check" in check.rule
+    assert bad_card not in check.value  # the 身份证号 is masked in the report
+
+
+def test_reimporting_after_fixing_rows_converges(tmp_path: Path) -> None:
+    path = ws363_file(tmp_path)
+    first, patients = run_import(tmp_path, "patient-ws363.yaml", [path])
+    second, again = run_import(tmp_path, "patient-ws363.yaml", [path])
+    assert first.rows_rejected == second.rows_rejected == 0
+    assert without_meta(patients) == without_meta(again)
+
+
+def test_lis_export_imports_reports_and_observations(tmp_path: Path) -> None:
+    header = ["ReportID", "PatientID", "Barcode", "GroupName", "ItemNo", "ItemName", "Result",
+              "Units", "RefRange", "Abnormal_Flg", "TestTime", "ReportTime"]
+    rows = [["JY20261120001", "BA100231", "2611200017", "血常规", "WBC", "白细胞计数", "11.2",
+             "10^9/L", "3.5-9.5", "H", "2026-11-20 08:30", "2026-11-20 10:05"],
+            ["JY20261120001", "BA100231", "2611200017", "血常规", "HGB", "血红蛋白", "135",
+             "g/L", "130-175", "", "2026-11-20 08:30", "2026-11-20 10:05"],
+            ["JY20261120002", "BA100231", "2611200018", "乙肝表面抗原", "HBsAg", "乙肝表面抗原",
+             "阴性", "", "阴性", "N", "2026-11-20 08:30", "2026-11-20 10:05"]]
+    path = write_csv(tmp_path / "lis.csv", header, rows, "gbk")
+
+    async def go() -> tuple[ImportReport, dict[str, int]]:
+        service, _ = build_service(make_settings(tmp_path), Hooks())
+        await service.store.start()
+        try:
+            mapping = load_mapping(MAPPINGS / "lab-lis.yaml", DATA_ELEMENTS)
+            report = await Importer(service, HOSPITAL).import_files(mapping, [path])
+            counts = {}
+            for rtype in ("DiagnosticReport", "Observation"):
+                query, _ = parse_search((rtype,), [], service.parse_ctx)
+                counts[rtype] = (await service.store.search(query)).total or 0
+            return report, counts
+        finally:
+            await service.store.close()
+
+    report, counts = asyncio.run(go())
+    assert report.rows_rejected == 0, report.rejections
+    assert counts == {"DiagnosticReport": 2, "Observation": 3}
+
+
+def test_a_mapping_with_unknown_data_elements_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: patient\ncolumns:\n  XM: fullname\n", encoding="utf-8")
+    with pytest.raises(MappingError, match="fullname"):
+        load_mapping(bad, DATA_ELEMENTS)
+
+
+def test_cli_imports_and_writes_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("YILIAN_VAR_DIR", str(tmp_path / "var"))
+    path = shouye_file(tmp_path)
+    report = tmp_path / "report.csv"
+    code = main(["import", "--dataset", "patient", "--mapping",
+                 str(MAPPINGS / "patient-shouye.yaml"), "--hospital-oid", HOSPITAL.oid,
+                 "--report", str(report), str(path)])
+    assert code == 0
+    assert "rows read 3, imported 3, rejected 0" in capsys.readouterr().out
+    assert report.read_text(encoding="utf-8-sig").startswith("file,line,column")
+    assert main(["import", "--dataset", "lab", "--mapping",
+                 str(MAPPINGS / "patient-shouye.yaml"), "--hospital-oid", HOSPITAL.oid,
+                 str(path)]) == 2
