@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app.cnemr.datasets import DATASETS as DATASET_NAMES
 from app.config import Settings
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(func=_serve)
     imp = sub.add_parser("import", help="import a hospital export (CSV in UTF-8/GBK/GB18030, "
                          "JSON Lines) of a Chinese EMR dataset")
-    imp.add_argument("--dataset", required=True, choices=["patient", "lab"])
+    imp.add_argument("--dataset", required=True, choices=sorted(DATASET_NAMES))
     imp.add_argument("--mapping", required=True,
                      help="YAML column mapping (see app/cnemr/mappings/ for examples)")
     imp.add_argument("--hospital-oid", required=True,

@@ -20,10 +20,9 @@ from typing import Any
 import orjson
 
 from app.cnemr.context import Hospital
+from app.cnemr.datasets import DATASETS
 from app.cnemr.errors import RowError
-from app.cnemr.lab import map_lab_rows
 from app.cnemr.mapping import ColumnMapping
-from app.cnemr.patient import map_patient
 from app.cnemr.sources import SourceError, read_records
 from app.cnemr.values import fold
 from app.fhir.bundles import BundleProcessor
@@ -35,15 +34,7 @@ Resource = dict[str, Any]
 BUNDLE_SIZE = 500
 
 # The data elements each dataset's mapper reads (documented in its module).
-DATA_ELEMENTS: dict[str, frozenset[str]] = {
-    "patient": frozenset({"patient_id", "name", "gender_code", "birth_date", "id_type_code",
-                          "id_number", "ethnicity_code", "marital_status_code", "phone",
-                          "address", "medical_record_no"}),
-    "lab": frozenset({"report_id", "patient_id", "visit_id", "item_code", "item_name", "result",
-                      "unit", "reference_range", "abnormal_flag", "specimen_no", "panel_code",
-                      "panel_name", "collected_time", "test_time", "report_time", "department",
-                      "doctor"}),
-}
+DATA_ELEMENTS: dict[str, frozenset[str]] = {name: d.elements for name, d in DATASETS.items()}
 
 
 @dataclass(frozen=True)
@@ -137,22 +128,17 @@ class Importer:
             report.rows_rejected += len(bad_lines)
             return bool(bad_lines)
 
-        if mapping.dataset == "patient":
-            for line, row in rows:
-                resources, errors = map_patient(row, self.hospital)
-                reject(errors, [line])
-                if resources:
-                    units.append(_Unit(resources, [line]))
-        else:
-            groups: dict[str, list[tuple[int, dict[str, str]]]] = {}
-            for line, row in rows:
-                groups.setdefault(fold(row.get("report_id")), []).append((line, row))
-            for group in groups.values():
-                lines = [line for line, _ in group]
-                resources, errors = map_lab_rows([row for _, row in group], self.hospital)
-                reject(errors, lines)
-                if resources:
-                    units.append(_Unit(resources, lines))
+        dataset = DATASETS[mapping.dataset]
+        groups: dict[str, list[tuple[int, dict[str, str]]]] = {}
+        for line, row in rows:
+            key = fold(row.get(dataset.group_by)) if dataset.group_by else str(line)
+            groups.setdefault(key, []).append((line, row))
+        for group in groups.values():
+            lines = [line for line, _ in group]
+            resources, errors = dataset.map_rows([row for _, row in group], self.hospital)
+            reject(errors, lines)
+            if resources:
+                units.append(_Unit(resources, lines))
         return units
 
     async def _write(self, units: list[_Unit], name: str, report: ImportReport) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import yaml
 
-DATASETS = ("patient", "lab")
 ENCODINGS = ("auto", "utf-8", "gbk", "gb18030")
 
 
@@ -67,8 +66,8 @@ def load_mapping(path: Path, known_elements: dict[str, frozenset[str]]) -> Colum
     if not isinstance(data, dict):
         raise MappingError(f"{path}: a mapping file is a YAML mapping with dataset and columns")
     dataset = data.get("dataset")
-    if dataset not in DATASETS:
-        raise MappingError(f"{path}: dataset must be one of {', '.join(DATASETS)}, "
+    if dataset not in known_elements:
+        raise MappingError(f"{path}: dataset must be one of {', '.join(sorted(known_elements))}, "
                            f"got {dataset!r}")
     columns = data.get("columns")
     if not isinstance(columns, dict) or not columns:

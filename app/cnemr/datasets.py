@@ -1,0 +1,54 @@
+"""The Chinese EMR datasets the importer knows, each with its mapper (WS 445 parts → FHIR R4).
+
+A dataset declares the canonical data elements its mapper reads, which element groups source
+rows into one unit (rows of one report, one prescription, one 首页 …; None: each row alone), and
+`map_rows(rows, hospital) -> (resources, errors)` over one such group, where `RowError.row` is
+the index of the offending row within the group. Adding a dataset is adding an entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.cnemr import lab, patient
+from app.cnemr.context import Hospital
+from app.cnemr.errors import RowError
+
+Resource = dict[str, Any]
+MapRows = Callable[[Sequence[Mapping[str, Any]], Hospital],
+                   tuple[list[Resource], list[RowError]]]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    elements: frozenset[str]
+    group_by: str | None
+    map_rows: MapRows
+
+
+def _patient_rows(rows: Sequence[Mapping[str, Any]], hospital: Hospital
+                  ) -> tuple[list[Resource], list[RowError]]:
+    resources: list[Resource] = []
+    errors: list[RowError] = []
+    for index, row in enumerate(rows):
+        mapped, problems = patient.map_patient(row, hospital)
+        resources += mapped
+        errors += [RowError(e.field, e.value, e.rule, e.message, e.severity, index)
+                   for e in problems]
+    return resources, errors
+
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in (
+    Dataset("patient", frozenset({
+        "patient_id", "name", "gender_code", "birth_date", "id_type_code", "id_number",
+        "ethnicity_code", "marital_status_code", "phone", "address", "medical_record_no"}),
+        None, _patient_rows),
+    Dataset("lab", frozenset({
+        "report_id", "patient_id", "visit_id", "item_code", "item_name", "result", "unit",
+        "reference_range", "abnormal_flag", "specimen_no", "panel_code", "panel_name",
+        "collected_time", "test_time", "report_time", "department", "doctor"}),
+        "report_id", lab.map_lab_rows),
+)}
