@@ -16,12 +16,37 @@ def _serve(args: argparse.Namespace) -> int:
                                    ("workers", args.workers)) if v is not None}
     settings = Settings(**overrides)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
+    if settings.demo:
+        _load_demo(settings)
     print(f"Yilian FHIR R4 server on http://{settings.host}:{settings.port}/fhir "
           f"(store: {settings.store} under {settings.var_dir}/); Ctrl-C stops it", flush=True)
     uvicorn.run("app.asgi:app", host=settings.host, port=settings.port,
                 workers=settings.workers, log_level=settings.log_level,
                 access_log=False, factory=False)
     return 0
+
+
+def _load_demo(settings: Settings) -> None:
+    """Load the demo hospital before the server starts (only into an empty store)."""
+    import asyncio
+
+    from app.pipeline.hooks import Hooks
+    from app.samples.demo import load_demo_if_empty
+    from app.server import build_service, seed_conformance
+
+    async def run() -> int:
+        service, profiles = build_service(settings, Hooks())
+        await service.store.start()
+        try:
+            await seed_conformance(service.store, profiles)
+            return await load_demo_if_empty(service)
+        finally:
+            await service.store.close()
+
+    written = asyncio.run(run())
+    if written:
+        print(f"loaded the demo hospital: {written} resources (YILIAN_DEMO=false to skip)",
+              flush=True)
 
 
 def _import(args: argparse.Namespace) -> int:

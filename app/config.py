@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     search_snapshot_seconds: int = 3600
     max_bundle_entries: int = 10000
     log_level: str = "info"
+    # `yilian serve` loads a small synthetic demo hospital into an empty store.
+    demo: bool = True
     # The CN conformance resources (profiles, terminology, SearchParameters) loaded at start-up.
     profiles_dir: Path = Path(__file__).resolve().parents[1] / "fhir_profiles"
 

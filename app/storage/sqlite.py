@@ -238,7 +238,7 @@ class SqliteStore:
         total = len(rids)
         page = rids[: query.count]
         snapshot_id = None
-        if total > query.count:
+        if total > query.count > 0:  # _count=0 (and _summary=count) asks for the total only
             snapshot_id = self._save_snapshot(rids)
         return self._page(conn, query, page, total, snapshot_id, 0)
 

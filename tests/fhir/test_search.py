@@ -229,3 +229,10 @@ def test_identifier_of_type_matches_the_identifier_type_coding(ward: TestClient)
                  headers={"Prefer": "handling=strict"})
     assert r.status_code == 400
     assert "type-system|type-code|identifier-value" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_summary_count_has_no_paging_links(ward: TestClient) -> None:
+    for query in ("Observation?_summary=count", "Observation?_count=0"):
+        b = search(ward, query)
+        assert b["total"] == 4 and "entry" not in b
+        assert [link["relation"] for link in b["link"]] == ["self"]
