@@ -16,7 +16,7 @@ from typing import Any
 from app.definitions.registry import Registry, SearchParamDef
 
 CONFORMANCE_TYPES = ("CodeSystem", "ValueSet", "ConceptMap", "StructureDefinition",
-                     "SearchParameter")
+                     "SearchParameter", "OperationDefinition")
 
 
 def load_profile_resources(folder: Path) -> list[dict[str, Any]]:

@@ -70,6 +70,8 @@ def capability_statement(registry: Registry, base_url: str, software_date: str,
             "mode": "server",
             "resource": resources,
             "interaction": system_interactions,
+            "operation": [{"name": op.code, "definition": op.url}
+                          for op in OPERATIONS if op.system_level],
             "searchParam": [
                 {"name": "_type", "type": "token",
                  "documentation": "resource types of a system-level search"},

@@ -22,6 +22,7 @@ from app.fhir.bundles import BundleProcessor
 from app.fhir.capability import capability_statement
 from app.fhir.interactions import Call, FhirService, Result
 from app.fhir.operations.everything import everything_operation
+from app.fhir.operations.import_cn import import_cn_operation
 from app.fhir.operations.validate import validate_operation
 from app.fhir.outcome import FhirError, error, outcome_bytes
 from app.fhir.summary import apply_elements, apply_summary
@@ -247,6 +248,12 @@ def build_router(service: FhirService) -> APIRouter:
 
     @router.post("/{type_}", tags=["type"], openapi_extra=BODY_DOC)
     async def create(type_: TypeParam, request: Request) -> Response:
+        if type_ == "$import-cn":
+            pretty = negotiate(request)
+            check_content_type(request)
+            call = await make_call(request, service)
+            return render(await import_cn_operation(service, call, await request.body()),
+                          pretty)
         pretty = negotiate(request)
         check_content_type(request)
         call = await make_call(request, service)

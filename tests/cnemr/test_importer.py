@@ -185,3 +185,42 @@ def test_cli_imports_and_writes_the_report(tmp_path: Path, monkeypatch: pytest.M
     assert main(["import", "--dataset", "lab", "--mapping",
                  str(MAPPINGS / "patient-shouye.yaml"), "--hospital-oid", HOSPITAL.oid,
                  str(path)]) == 2
+
+
+def test_import_cn_operation_imports_over_http_and_reports_rejections(tmp_path: Path) -> None:
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+
+    csv_bytes = (shouye_file(tmp_path).read_bytes()
+                 + "BA9,,1,19700101,01\r\n".encode("gbk"))
+    params = {"resourceType": "Parameters", "parameter": [
+        {"name": "dataset", "valueCode": "patient"},
+        {"name": "mapping", "valueString": "patient-shouye"},
+        {"name": "hospitalOid", "valueString": HOSPITAL.oid},
+        {"name": "file", "valueAttachment": {"contentType": "text/csv", "title": "basy.csv",
+                                             "data": base64.b64encode(csv_bytes).decode()}}]}
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        r = client.post("/fhir/$import-cn", json=params,
+                        headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 200, r.text
+        out = {p["name"]: p for p in r.json()["parameter"]}
+        assert out["rowsRead"]["valueInteger"] == 4
+        assert out["rowsRejected"]["valueInteger"] == 1
+        rejection = {p["name"]: p for p in out["rejection"]["part"]}
+        assert rejection["file"]["valueString"] == "basy.csv"
+        assert rejection["line"]["valueInteger"] == 5
+        assert rejection["column"]["valueString"] == "XM"
+        assert client.get("/fhir/Patient?name=zhangjianguo").json()["total"] == 1
+        bad = {**params, "parameter": [*params["parameter"][:1],
+                                       {"name": "mapping", "valueString": "nonexistent"},
+                                       *params["parameter"][2:]]}
+        assert client.post("/fhir/$import-cn", json=bad,
+                           headers={"Content-Type": "application/fhir+json"}).status_code == 400
+        cs = client.get("/fhir/metadata").json()
+        assert {"name": "import-cn",
+                "definition": "https://fhir.yilian.cn/OperationDefinition/import-cn"} in \
+            cs["rest"][0]["operation"]
+        assert client.get("/fhir/OperationDefinition/import-cn").status_code == 200

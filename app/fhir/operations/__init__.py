@@ -12,6 +12,7 @@ class OperationDecl:
     resource_types: tuple[str, ...]
     type_level: bool
     instance_level: bool
+    system_level: bool = False
 
 
 OPERATIONS: tuple[OperationDecl, ...] = (
@@ -19,4 +20,6 @@ OPERATIONS: tuple[OperationDecl, ...] = (
                   ("Resource",), True, True),
     OperationDecl("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything",
                   ("Patient",), False, True),
+    OperationDecl("import-cn", "https://fhir.yilian.cn/OperationDefinition/import-cn",
+                  (), False, False, system_level=True),
 )
