@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from app.cnemr.datasets import DATASETS as DATASET_NAMES
@@ -58,6 +59,7 @@ def _import(args: argparse.Namespace) -> int:
     from app.cnemr.context import Hospital
     from app.cnemr.importer import DATA_ELEMENTS, Importer, count_rows, print_progress, summary
     from app.cnemr.mapping import MappingError, load_mapping
+    from app.cnemr.parallel import import_parallel
     from app.pipeline.hooks import Hooks
     from app.server import build_service, seed_conformance
 
@@ -73,16 +75,24 @@ def _import(args: argparse.Namespace) -> int:
         return 2
     paths = [Path(p) for p in args.paths]
 
+    settings = Settings()
+    jobs = max(1, args.jobs)
+
     async def run() -> int:
-        service, profiles = build_service(Settings(), Hooks())
+        service, profiles = build_service(settings, Hooks())
         await service.store.start()
+        progress = None
         try:
             await seed_conformance(service.store, profiles)
-            progress = print_progress(count_rows(paths, mapping)) if sys.stderr.isatty() \
-                else None
-            report = await Importer(service, hospital, progress).import_files(mapping, paths)
+            if jobs == 1:
+                progress = print_progress(count_rows(paths, mapping)) \
+                    if sys.stderr.isatty() else None
+                report = await Importer(service, hospital, progress).import_files(mapping,
+                                                                                  paths)
         finally:
             await service.store.close()
+        if jobs > 1:
+            report = import_parallel(settings, hospital, mapping, paths, jobs)
         if progress is not None:
             print(file=sys.stderr)
         report_path = Path(args.report)
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="the hospital's organisation OID, e.g. 2.16.156.10011.1.5.110000001")
     imp.add_argument("--report", default="import-report.csv",
                      help="where to write every rejected row and doubtful value (CSV)")
+    imp.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                     help="worker processes (default: one per CPU core)")
     imp.add_argument("paths", nargs="+", help="export files")
     imp.set_defaults(func=_import)
     args = parser.parse_args(argv)

@@ -95,20 +95,12 @@ class Importer:
 
     async def _import_file(self, mapping: ColumnMapping, path: Path,
                            report: ImportReport) -> None:
-        name = str(path)
-        rows: list[tuple[int, dict[str, str]]] = []
-        try:
-            for line, record in read_records(path, mapping.encoding):
-                report.rows_read += 1
-                if isinstance(record, str):
-                    report.rows_rejected += 1
-                    report.rejections.append(Rejection(name, line, "", "", "format", "error",
-                                                       record))
-                    continue
-                rows.append((line, mapping.apply(record)))
-        except SourceError as exc:
-            report.rejections.append(Rejection(name, None, "", "", "file", "error", str(exc)))
-            return
+        rows = read_rows(mapping, path, report)
+        await self.import_rows(mapping, str(path), rows, report)
+
+    async def import_rows(self, mapping: ColumnMapping, name: str,
+                          rows: list[tuple[int, dict[str, str]]], report: ImportReport) -> None:
+        """Map and write rows already read (line number, row keyed by data element)."""
         units = self._map(mapping, name, rows, report)
         await self._write(units, name, report)
 
@@ -178,6 +170,48 @@ class Importer:
                             "error", issue.diagnostics))
             else:
                 report.resources_written += len(unit.resources)
+
+
+def read_rows(mapping: ColumnMapping, path: Path,
+              report: ImportReport) -> list[tuple[int, dict[str, str]]]:
+    """The rows of one export file, renamed to data elements; unreadable lines are reported."""
+    name = str(path)
+    rows: list[tuple[int, dict[str, str]]] = []
+    try:
+        for line, record in read_records(path, mapping.encoding):
+            report.rows_read += 1
+            if isinstance(record, str):
+                report.rows_rejected += 1
+                report.rejections.append(Rejection(name, line, "", "", "format", "error", record))
+                continue
+            rows.append((line, mapping.apply(record)))
+    except SourceError as exc:
+        report.rejections.append(Rejection(name, None, "", "", "file", "error", str(exc)))
+    return rows
+
+
+def shard_rows(mapping: ColumnMapping, rows: list[tuple[int, dict[str, str]]],
+               jobs: int) -> list[list[tuple[int, dict[str, str]]]]:
+    """Split rows into `jobs` shards, keeping each group (a report, a prescription) whole."""
+    group_by = DATASETS[mapping.dataset].group_by
+    shards: list[list[tuple[int, dict[str, str]]]] = [[] for _ in range(jobs)]
+    placed: dict[str, int] = {}
+    for line, row in rows:
+        key = fold(row.get(group_by)) if group_by else str(line)
+        shard = placed.setdefault(key, len(placed) % jobs)
+        shards[shard].append((line, row))
+    return [s for s in shards if s]
+
+
+def merge_reports(parts: Iterable[ImportReport]) -> ImportReport:
+    merged = ImportReport()
+    for part in parts:
+        merged.rows_read += part.rows_read
+        merged.rows_rejected += part.rows_rejected
+        merged.resources_written += part.resources_written
+        merged.rejections += part.rejections
+    merged.rejections.sort(key=lambda r: (r.file, r.line or 0))
+    return merged
 
 
 def _bundle(kind: str, resources: list[Resource]) -> bytes:

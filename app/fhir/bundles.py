@@ -114,6 +114,9 @@ class BundleProcessor:
 
     async def _transaction(self, call: Call, entries: list[Entry]) -> Result:
         self._check_unique_targets(entries)
+        self._validate_entries(entries)
+        call = Call(call.principal, call.prefer_return, call.strict, in_bundle=True,
+                    prevalidated=True)
         results: dict[int, Result] = {}
         try:
             async with self.service.store.unit_of_work() as tx:
@@ -131,6 +134,25 @@ class BundleProcessor:
             raise
         return Result(200, {"resourceType": "Bundle", "type": "transaction-response",
                             "entry": [self._response(results[e.index]) for e in entries]})
+
+    def _validate_entries(self, entries: list[Entry]) -> None:
+        """Validate every created or updated resource before the transaction takes the lock."""
+        for e in entries:
+            if e.method not in ("POST", "PUT") or e.resource is None:
+                continue
+            type_ = e.url.partition("?")[0].split("/")[0]
+            if e.resource.get("resourceType") != type_ or not self.service.registry \
+                    .is_resource_type(type_):
+                raise error(400, "invalid", f"Bundle.entry[{e.index}]: the resource is a "
+                            f"{e.resource.get('resourceType')!r} but the request url is for "
+                            f"{type_!r}", f"Bundle.entry[{e.index}].resource.resourceType")
+            try:
+                resource = dict(e.resource)
+                if e.method == "POST":
+                    resource.pop("id", None)
+                self.service.validate_with_id(resource, str(resource.get("id") or "new"))
+            except FhirError as exc:
+                raise _with_entry(exc, e) from None
 
     def _check_unique_targets(self, entries: list[Entry]) -> None:
         seen: dict[str, int] = {}
@@ -182,46 +204,31 @@ class BundleProcessor:
 
     async def _resolve_references(self, tx: UnitOfWork, entry: Entry,
                                   ids: dict[str, str]) -> dict[str, Any]:
-        conditional: dict[str, str] = {}
-
-        async def resolve(ref: str, where: str) -> str:
-            if ref in ids:
-                return ids[ref]
+        """Rewrite `urn:uuid:` and conditional references to the `Type/id` they stand for."""
+        assert entry.resource is not None
+        root = f"Bundle.entry[{entry.index}].resource"
+        found: list[tuple[str, str]] = []
+        _collect_references(entry.resource, root, found)
+        targets: dict[str, str] = {}
+        for ref, where in found:
+            if ref in ids or ref in targets:
+                continue
             if ref.startswith(("urn:uuid:", "urn:oid:")):
                 raise error(404, "not-found", f"reference {ref} at {where} names no entry of "
                             "this transaction", where)
             if "?" in ref and not ref.startswith(("http://", "https://")):
-                if ref not in conditional:
-                    type_, _, query = ref.partition("?")
-                    self.service.check_type(type_)
-                    found = await self.service.conditional_match(tx, type_, query,
-                                                                 "conditional reference")
-                    if len(found) != 1:
-                        raise error(412, "multiple-matches" if found else "not-found",
-                                    f"conditional reference {ref} at {where} matched "
-                                    f"{len(found)} resources; it must match exactly one", where)
-                    conditional[ref] = f"{found[0][0]}/{found[0][1]}"
-                return conditional[ref]
-            return ref
-
-        async def walk(node: Any, path: str) -> Any:
-            if isinstance(node, dict):
-                out = {}
-                for k, v in node.items():
-                    if k == "reference" and isinstance(v, str):
-                        out[k] = await resolve(v, f"{path}.reference")
-                    else:
-                        out[k] = await walk(v, f"{path}.{k}")
-                return out
-            if isinstance(node, list):
-                return [await walk(v, f"{path}[{i}]") for i, v in enumerate(node)]
-            if isinstance(node, str) and node in ids and "div" not in path:
-                return node
-            return node
-
-        assert entry.resource is not None
-        resolved: dict[str, Any] = await walk(entry.resource, f"Bundle.entry[{entry.index}]"
-                                              ".resource")
+                type_, _, query = ref.partition("?")
+                self.service.check_type(type_)
+                matches = await self.service.conditional_match(tx, type_, query,
+                                                               "conditional reference")
+                if len(matches) != 1:
+                    raise error(412, "multiple-matches" if matches else "not-found",
+                                f"conditional reference {ref} at {where} matched "
+                                f"{len(matches)} resources; it must match exactly one", where)
+                targets[ref] = f"{matches[0][0]}/{matches[0][1]}"
+        if not found:
+            return entry.resource
+        resolved: dict[str, Any] = _replace_references(entry.resource, {**ids, **targets})
         text = resolved.get("text")
         if isinstance(text, dict) and isinstance(text.get("div"), str):
             div = text["div"]
@@ -239,7 +246,8 @@ class BundleProcessor:
         sub = Call(call.principal, call.prefer_return, call.strict,
                    if_match=req.get("ifMatch"), if_none_match=req.get("ifNoneMatch"),
                    if_modified_since=req.get("ifModifiedSince"),
-                   if_none_exist=req.get("ifNoneExist"), in_bundle=True)
+                   if_none_exist=req.get("ifNoneExist"), in_bundle=True,
+                   prevalidated=call.prevalidated)
         path, _, query = e.url.partition("?")
         parts = [p for p in path.split("/") if p]
         if e.method in ("GET", "HEAD"):
@@ -328,6 +336,30 @@ class BundleProcessor:
                 out["resource"] = body
         out["response"] = response
         return out
+
+
+def _collect_references(node: Any, path: str, out: list[tuple[str, str]]) -> None:
+    """Every `reference` string in a resource that may need rewriting, with its location."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                if not v.startswith("#"):
+                    out.append((v, f"{path}.reference"))
+            elif isinstance(v, (dict, list)):
+                _collect_references(v, f"{path}.{k}", out)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, (dict, list)):
+                _collect_references(v, f"{path}[{i}]", out)
+
+
+def _replace_references(node: Any, targets: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: (targets.get(v, v) if k == "reference" and isinstance(v, str)
+                    else _replace_references(v, targets)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_references(v, targets) for v in node]
+    return node
 
 
 def _with_entry(exc: FhirError, entry: Entry) -> FhirError:
