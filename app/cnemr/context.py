@@ -71,3 +71,55 @@ def lab_report_resource_id(hospital: Hospital, report_id: str) -> str:
 def lab_observation_resource_id(hospital: Hospital, report_id: str, item_code: str) -> str:
     """Observation.id for one item (项目代码) of a 检验报告单."""
     return stable_id("obs", hospital, report_id, item_code)
+
+
+def outpatient_visit_key(visit_no: str, visit_date: str) -> str:
+    """The visit key of a 门(急)诊 visit: 门(急)诊号 and the visit's calendar date (FHIR date,
+    YYYY-MM-DD) as `<门诊号>@<YYYYMMDD>`. 门诊号 recycles across days, so the number alone
+    would merge two visits; 挂号 (`app.cnemr.visit`) and 处方 (`app.cnemr.prescription`) both
+    key their Encounter reference with this, and an export that carries the same key in its
+    `visit_id` (lab) points at the same Encounter through `encounter_resource_id`."""
+    return f"{visit_no}@{visit_date.replace('-', '')}"
+
+
+def diagnosis_resource_id(hospital: Hospital, visit_id: str, rank: int) -> str:
+    """Condition.id for the diagnosis of rank `rank` (1 = 主要诊断) of a visit key."""
+    return stable_id("cond", hospital, visit_id, str(rank))
+
+
+def registration_fee_resource_id(hospital: Hospital, visit_id: str) -> str:
+    """ChargeItem.id for the 挂号费 of a visit key."""
+    return stable_id("chg", hospital, visit_id, "registration")
+
+
+def prescription_line_resource_id(hospital: Hospital, prescription_no: str, line: str) -> str:
+    """MedicationRequest.id for one line (明细序号, or 组号 + 药品代码) of a 处方编号."""
+    return stable_id("medrx", hospital, prescription_no, line)
+
+
+def admission_visit_key(admission_no: str, admission_count: int) -> str:
+    """The visit key of one 住院 (住院号 or 病案号 + 住院次数): many hospitals keep one 住院号
+    per patient for life, so only the pair names an admission. Lab rows of that admission
+    pass the same key as `visit_id` to point at its Encounter."""
+    return f"{admission_no}/{admission_count}"
+
+
+def homepage_resource_id(prefix: str, hospital: Hospital, visit_key: str, part: str) -> str:
+    """Id of one resource of a 住院病案首页 (a diagnosis slot, a procedure slot, …), derived
+    from the admission's visit key and the part of the 首页 it comes from."""
+    return stable_id(prefix, hospital, visit_key, part)
+
+
+def organization_resource_id(hospital: Hospital) -> str:
+    """Organization.id of the hospital itself (医疗机构), from its OID alone."""
+    return stable_id("org", hospital)
+
+
+def department_resource_id(hospital: Hospital, department_code: str) -> str:
+    """Organization.id of a 科室 for its 科室代码."""
+    return stable_id("dept", hospital, department_code)
+
+
+def practitioner_resource_id(hospital: Hospital, staff_id: str) -> str:
+    """Practitioner.id for a 医务人员工号 (HIS staff number)."""
+    return stable_id("prac", hospital, staff_id)

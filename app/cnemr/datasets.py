@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.cnemr import lab, patient
+from app.cnemr import billing, homepage, lab, organization, patient, prescription, visit
 from app.cnemr.context import Hospital
 from app.cnemr.errors import RowError
 
@@ -51,4 +51,27 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         "reference_range", "abnormal_flag", "specimen_no", "panel_code", "panel_name",
         "collected_time", "test_time", "report_time", "department", "doctor"}),
         "report_id", lab.map_lab_rows),
+    Dataset("visit", frozenset({
+        "visit_no", "visit_date", "visit_time", "patient_id", "visit_type_code", "department",
+        "doctor", "diagnosis_code", "diagnosis_name", "registration_fee"}),
+        None, visit.map_visit_rows),
+    Dataset("prescription", frozenset({
+        "prescription_no", "patient_id", "visit_no", "visit_date", "prescribed_time", "doctor",
+        "prescription_type", "dispensed", "doses_count", "line_no", "drug_code",
+        "nhsa_drug_code", "drug_name", "specification", "dose", "dose_unit", "frequency_code",
+        "route", "quantity", "quantity_unit", "days", "group_no", "decoction"}),
+        "prescription_no", prescription.map_prescription_rows),
+    Dataset("homepage", homepage.ELEMENTS, None, homepage.map_homepage_rows),
+    Dataset("billing", frozenset({
+        "settlement_id", "patient_id", "visit_id", "inpatient_no", "admission_count",
+        "outpatient_no", "visit_date", "patient_type", "invoice_no", "settlement_time",
+        "insurance_settlement_no",
+        "item_code", "item_name", "fee_category", "unit_price", "quantity", "amount",
+        "total_amount", "fund_paid", "account_paid", "cash_paid", "copay", "self_pay",
+        "insurance_type", "insurer_name"}),
+        "settlement_id", billing.map_billing_rows),
+    Dataset("staff", frozenset({
+        "hospital_name", "department_code", "department_name", "staff_id", "staff_name",
+        "title", "license_no", "id_number"}),
+        "department_code", organization.map_staff_rows),
 )}

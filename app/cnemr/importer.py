@@ -146,7 +146,10 @@ class Importer:
             await self._write_chunk(chunk, name, report)
 
     async def _write_chunk(self, chunk: list[_Unit], name: str, report: ImportReport) -> None:
-        resources = [r for unit in chunk for r in unit.resources]
+        # Groups may share a resource (the hospital, a visit's Account): a transaction may
+        # touch each resource once, so the last copy stands for all.
+        resources = list({(r["resourceType"], r["id"]): r
+                          for unit in chunk for r in unit.resources}.values())
         try:
             await self.bundles.process(self.call, _bundle("transaction", resources))
         except FhirError:
