@@ -14,7 +14,7 @@ from typing import Any
 
 from app.cnemr import billing, homepage, lab, organization, patient, prescription, visit
 from app.cnemr.context import Hospital
-from app.cnemr.errors import RowError
+from app.cnemr.errors import RowError, per_row
 
 Resource = dict[str, Any]
 MapRows = Callable[[Sequence[Mapping[str, Any]], Hospital],
@@ -29,23 +29,11 @@ class Dataset:
     map_rows: MapRows
 
 
-def _patient_rows(rows: Sequence[Mapping[str, Any]], hospital: Hospital
-                  ) -> tuple[list[Resource], list[RowError]]:
-    resources: list[Resource] = []
-    errors: list[RowError] = []
-    for index, row in enumerate(rows):
-        mapped, problems = patient.map_patient(row, hospital)
-        resources += mapped
-        errors += [RowError(e.field, e.value, e.rule, e.message, e.severity, index)
-                   for e in problems]
-    return resources, errors
-
-
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("patient", frozenset({
         "patient_id", "name", "gender_code", "birth_date", "id_type_code", "id_number",
         "ethnicity_code", "marital_status_code", "phone", "address", "medical_record_no"}),
-        None, _patient_rows),
+        None, per_row(patient.map_patient)),
     Dataset("lab", frozenset({
         "report_id", "patient_id", "visit_id", "item_code", "item_name", "result", "unit",
         "reference_range", "abnormal_flag", "specimen_no", "panel_code", "panel_name",

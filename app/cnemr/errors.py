@@ -12,8 +12,9 @@ identifiers masked), the rule it broke and a message a hospital IT person can ac
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Severity = Literal["error", "warning"]
 
@@ -43,3 +44,23 @@ class ValueRejected(ValueError):
     def to_row_error(self, field: str, value: str, severity: Severity = "error",
                      row: int | None = None) -> RowError:
         return RowError(field, value, self.rule, self.message, severity, row)
+
+
+def per_row(map_one: Callable[[Mapping[str, Any], Any], tuple[list[dict[str, Any]],
+                                                          list[RowError]]]
+            ) -> Callable[[Sequence[Mapping[str, Any]], Any],
+                          tuple[list[dict[str, Any]], list[RowError]]]:
+    """A single-row mapper as a `map_rows` over a group, with `RowError.row` set to the index."""
+
+    def map_rows(rows: Sequence[Mapping[str, Any]], hospital: Any
+                 ) -> tuple[list[dict[str, Any]], list[RowError]]:
+        resources: list[dict[str, Any]] = []
+        errors: list[RowError] = []
+        for index, row in enumerate(rows):
+            mapped, problems = map_one(row, hospital)
+            resources += mapped
+            errors += [RowError(e.field, e.value, e.rule, e.message, e.severity, index)
+                       for e in problems]
+        return resources, errors
+
+    return map_rows

@@ -58,7 +58,7 @@ system's diagnoses. Ids: `homepage_resource_id` of the admission and the 首页 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -71,7 +71,7 @@ from app.cnemr.context import (
     homepage_resource_id,
     patient_resource_id,
 )
-from app.cnemr.errors import RowError, ValueRejected
+from app.cnemr.errors import RowError, ValueRejected, per_row
 from app.cnemr.values import as_datetime, fold, parse_amount, parse_datetime
 from app.samples.hospital import (
     ACT_CODE,
@@ -649,14 +649,5 @@ def map_homepage(row: Mapping[str, Any], hospital: Hospital) -> tuple[list[Resou
     return resources, r.errors
 
 
-def map_homepage_rows(rows: Sequence[Mapping[str, Any]], hospital: Hospital
-                      ) -> tuple[list[Resource], list[RowError]]:
-    """`datasets.MapRows` over 首页 rows, each one discharge on its own."""
-    resources: list[Resource] = []
-    errors: list[RowError] = []
-    for index, row in enumerate(rows):
-        mapped, problems = map_homepage(row, hospital)
-        resources += mapped
-        errors += [RowError(e.field, e.value, e.rule, e.message, e.severity, index)
-                   for e in problems]
-    return resources, errors
+# `datasets.MapRows` over 首页 rows, each one discharge on its own.
+map_homepage_rows = per_row(map_homepage)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from app.cnemr.context import (
     patient_resource_id,
     registration_fee_resource_id,
 )
-from app.cnemr.errors import RowError, ValueRejected
+from app.cnemr.errors import RowError, ValueRejected, per_row
 from app.cnemr.values import fold, parse_amount, parse_datetime, parse_source_datetime
 from app.samples.hospital import (
     CS_ICD10,
@@ -249,14 +249,5 @@ def map_visit(row: Mapping[str, Any], hospital: Hospital) -> tuple[list[Resource
     return resources, errors
 
 
-def map_visit_rows(rows: Sequence[Mapping[str, Any]], hospital: Hospital
-                   ) -> tuple[list[Resource], list[RowError]]:
-    """`datasets.Dataset.map_rows` over 挂号 rows; `RowError.row` is the index in `rows`."""
-    resources: list[Resource] = []
-    errors: list[RowError] = []
-    for index, row in enumerate(rows):
-        mapped, problems = map_visit(row, hospital)
-        resources += mapped
-        errors += [RowError(e.field, e.value, e.rule, e.message, e.severity, index)
-                   for e in problems]
-    return resources, errors
+# `datasets.Dataset.map_rows` over 挂号 rows; `RowError.row` is the index in `rows`.
+map_visit_rows = per_row(map_visit)

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from app.fhir.validation import validate_resource
 from app.pipeline.hooks import Hooks
 from app.search.query import parse_search
 from app.server import build_service
+from tests.cnemr.exports import write_csv
 from tests.conftest import make_settings
 
 HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
@@ -337,7 +336,7 @@ def test_his_settlement_export_imports_and_reimports_without_duplicates(tmp_path
     rows = [*his_rows("JS202611200153", "0012611200153"),
             *his_rows("JS202611200154", "0012611200154", lines=LATER),
             *his_rows("JS202611200155", "0012611200155", cash="12.00")]
-    path = write_csv(tmp_path / "mz_js.csv", HIS_HEADER, rows)
+    path = write_csv(tmp_path / "mz_js.csv", HIS_HEADER, rows, "gbk")
     report, counts = import_counts(tmp_path, path)
     assert report.rows_read == 9
     assert report.rows_rejected == 3
@@ -350,10 +349,3 @@ def test_his_settlement_export_imports_and_reimports_without_duplicates(tmp_path
     assert counts_again == counts
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    buf = io.StringIO()
-    out = csv.writer(buf)
-    out.writerow(header)
-    out.writerows(rows)
-    path.write_bytes(buf.getvalue().encode("gbk"))
-    return path

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from app.pipeline.hooks import Hooks
 from app.samples.identity import make_id
 from app.search.query import parse_search
 from app.server import build_service
+from tests.cnemr.exports import write_csv
 from tests.conftest import make_settings
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "app" / "cnemr" / "mappings"
@@ -39,13 +38,6 @@ PEOPLE = [
 ]
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[str]], encoding: str) -> Path:
-    buf = io.StringIO()
-    out = csv.writer(buf)
-    out.writerow(header)
-    out.writerows(rows)
-    path.write_bytes(buf.getvalue().encode(encoding))
-    return path
 
 
 def ws363_file(tmp: Path) -> Path:

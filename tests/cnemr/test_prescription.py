@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from app.fhir.validation import validate_resource
 from app.pipeline.hooks import Hooks
 from app.search.query import parse_search
 from app.server import build_service
+from tests.cnemr.exports import write_csv
 from tests.conftest import make_settings
 
 HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
@@ -70,11 +69,6 @@ TCM = [{**TCM_HEADER, "line_no": str(n), "drug_code": code, "drug_name": name, "
            ("ZY0103", "党参", "15", "水煎服"), ("ZY0104", "炙甘草", "6", "水煎服")), 1)]
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[str]], encoding: str) -> Path:
-    buf = io.StringIO()
-    csv.writer(buf).writerows([header, *rows])
-    path.write_bytes(buf.getvalue().encode(encoding))
-    return path
 
 
 def mapped(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[RowError]]:
