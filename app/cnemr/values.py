@@ -37,11 +37,15 @@ INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpreta
 _ZONE = re.compile(r"[+-](0[0-9]|1[0-3]):[0-5][0-9]|\+14:00")
 
 
+_WHITESPACE = re.compile(r"\s+")
+
+
 def fold(text: str | None) -> str:
-    """NFKC-folded, stripped text ('' for None): full-width digits, letters, ＜, ～ become ASCII."""
+    """NFKC-folded text with whitespace runs (line breaks from spreadsheet cells included)
+    collapsed to one space and stripped ('' for None): full-width ＜, ～, digits become ASCII."""
     if text is None:
         return ""
-    return unicodedata.normalize("NFKC", str(text)).strip()
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", str(text))).strip()
 
 
 # -- Dates -------------------------------------------------------------------------------------

@@ -273,3 +273,10 @@ def test_report_level_values_given_on_one_row_only_apply_to_the_whole_report() -
     assert {r["subject"]["reference"] for r in resources} == {
         "Patient/" + patient_resource_id(HOSPITAL, "0001023456")}
     assert all("encounter" in r and "issued" in r for r in resources)
+
+
+def test_line_breaks_inside_exported_cells_give_valid_codes() -> None:
+    # Spreadsheet cells carry line breaks; a FHIR code may not contain them (found by hypothesis).
+    resources, _ = mapped([item("WBC\r\n01", "白细胞\n计数", "6.5", "10^9/L", "3.5-9.5")])
+    obs = by_code(resources, "WBC 01")
+    assert obs["code"]["text"] == "白细胞 计数"
