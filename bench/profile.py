@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.text import is_digits
+
 PY_SPY_VERSION = "0.4.3"
 # A collapsed-stack frame: "function (path/to/file.py:123)".
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -126,7 +128,7 @@ def summarize(collapsed: Path, top: int = 15) -> dict[str, Any]:
     samples = 0
     for line in collapsed.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
+        if not stack or not is_digits(count_s):
             continue
         count = int(count_s)
         raws = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]

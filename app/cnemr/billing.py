@@ -85,6 +85,7 @@ from app.cnemr.context import (
 )
 from app.cnemr.errors import RowError, ValueRejected
 from app.cnemr.values import fold, parse_amount, parse_date, parse_datetime
+from app.text import is_digits
 
 Resource = dict[str, Any]
 
@@ -191,7 +192,7 @@ def _code(row: Mapping[str, Any], hospital: Hospital) -> Resource:
 
 
 def _insurance_type(raw: str, errors: list[RowError]) -> Resource:
-    code = _INSURANCE_BY_NAME.get(raw) or (raw.lstrip("0") or raw if raw.isdigit() else raw)
+    code = _INSURANCE_BY_NAME.get(raw) or (raw.lstrip("0") or raw if is_digits(raw) else raw)
     if code not in INSURANCE_TYPES:
         errors.append(RowError("insurance_type", raw, "cv02.01.204",
                                "医疗保险类别 must be a CV02.01.204 code (1 城镇职工, "
@@ -364,7 +365,7 @@ def _visit_key(rows: Sequence[Mapping[str, Any]], created: str, errors: list[Row
         return _first(rows, "visit_id"), False
     inpatient_no, count = _first(rows, "inpatient_no"), _first(rows, "admission_count")
     if inpatient_no:
-        if count.isdigit() and int(count) > 0:
+        if is_digits(count) and int(count) > 0:
             return admission_visit_key(inpatient_no, int(count)), False
         errors.append(RowError(
             "admission_count", count, "admission-count",

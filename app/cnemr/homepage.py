@@ -85,6 +85,7 @@ from app.samples.hospital import (
     OID_INPATIENT_NO,
     UCUM,
 )
+from app.text import is_digits
 
 Resource = dict[str, Any]
 
@@ -226,7 +227,7 @@ class _Row:
         if not raw:
             return None
         code = (aliases or {}).get(raw.upper(), raw)
-        if code.isdigit() and code.lstrip("0") in table:
+        if is_digits(code) and code.lstrip("0") in table:
             code = code.lstrip("0")
         if code not in table:
             choices = ", ".join(f"{k} {v}" for k, v in table.items())
@@ -434,7 +435,7 @@ def _payment_method(r: _Row) -> Resource | None:
     raw = r.get("payment_method_code")
     if not raw:
         return None
-    code = "99" if raw == "9" else raw.zfill(2) if raw.isdigit() else raw
+    code = "99" if raw == "9" else raw.zfill(2) if is_digits(raw) else raw
     code = {v: k for k, v in PAYMENT_METHODS.items()}.get(code, code)
     if code not in PAYMENT_METHODS:
         r.warn("payment_method_code", "cv07.10.005",
@@ -452,7 +453,7 @@ def _length_of_stay(r: _Row, start: str, end: str) -> Resource:
     raw = r.get("length_of_stay")
     days = computed
     if raw:
-        if raw.isdigit():
+        if is_digits(raw):
             days = int(raw)
             if days != computed:
                 r.warn("length_of_stay", "los-mismatch",
@@ -607,7 +608,7 @@ def map_homepage(row: Mapping[str, Any], hospital: Hospital) -> tuple[list[Resou
         r.reject("inpatient_no", "required",
                  "住院号 (or else 病案号) is required: with 住院次数 it keys the admission")
     raw_count = r.get("admission_count")
-    count = int(raw_count) if raw_count.isdigit() and int(raw_count) > 0 else 0
+    count = int(raw_count) if is_digits(raw_count) and int(raw_count) > 0 else 0
     if not count:
         r.reject("admission_count", "required" if not raw_count else "positive-integer",
                  "住院次数 must be a positive whole number: with the 住院号 it keys the admission")

@@ -54,6 +54,7 @@ from app.samples.hospital import (
     OID_MRN,
 )
 from app.search.normalize import has_han, split_chinese_name
+from app.text import is_digits
 
 Resource = dict[str, Any]
 
@@ -122,7 +123,7 @@ def _ethnicity(row: Mapping[str, Any], errors: list[RowError]) -> Resource | Non
     raw = fold(row.get("ethnicity_code"))
     if not raw:
         return None
-    code = _ETHNICITY_BY_NAME.get(raw) or (raw.zfill(2) if raw.isdigit() else raw)
+    code = _ETHNICITY_BY_NAME.get(raw) or (raw.zfill(2) if is_digits(raw) else raw)
     if code not in ETHNICITY:
         errors.append(RowError("ethnicity_code", raw, "gb-3304",
                                "民族 must be a GB 3304 code 01-56, 97 or 98 (01 汉族 … 56 "
@@ -174,7 +175,7 @@ def _id_identifier(row: Mapping[str, Any], errors: list[RowError], gender: str |
     id_type = fold(row.get("id_type_code"))
     if not raw:
         return None
-    id_type = id_type.zfill(2) if id_type.isdigit() else id_type
+    id_type = id_type.zfill(2) if is_digits(id_type) else id_type
     if id_type and id_type not in ID_TYPES:
         errors.append(RowError("id_type_code", id_type, "cv02.01.101",
                                "身份证件类别 must be a CV02.01.101 code (01 居民身份证, 02 户口簿, "

@@ -72,6 +72,7 @@ from app.cnemr.context import (
 )
 from app.cnemr.errors import RowError, ValueRejected
 from app.cnemr.values import UCUM, fold, parse_datetime, parse_source_datetime
+from app.text import is_digits
 
 Resource = dict[str, Any]
 
@@ -318,7 +319,7 @@ def map_prescription(rows: Sequence[Mapping[str, Any]], hospital: Hospital
     doses_note = None
     doses_raw = _first(rows, "doses_count")
     if doses_raw:
-        if fold(doses_raw).isdigit() and int(fold(doses_raw)) > 0:
+        if is_digits(fold(doses_raw)) and int(fold(doses_raw)) > 0:
             doses_note = {"text": f"共{int(fold(doses_raw))}付"}
         else:
             errors.append(RowError("doses_count", doses_raw, "doses-count",
@@ -397,7 +398,7 @@ def _dispense(index: int, row: Mapping[str, Any], errors: list[RowError]) -> Res
                                    "; left out", "warning", index))
     days = fold(row.get("days"))
     if days:
-        if days.isdigit() and int(days) > 0:
+        if is_digits(days) and int(days) > 0:
             dispense["expectedSupplyDuration"] = {"value": int(days), "unit": "天",
                                                   "system": UCUM, "code": "d"}
         else:

@@ -33,6 +33,7 @@ from app.storage.base import (
     UnitOfWork,
     VersionConflict,
 )
+from app.text import is_digits
 
 MAX_INT = 2**62  # larger numbers are client errors, never SQLite overflows
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -195,7 +196,7 @@ class FhirService:
         self.check_id(id_)
         interaction = Interaction("vread", type_, id_, in_bundle=call.in_bundle)
         await self.authorize(call, interaction)
-        if not vid.isdigit() or int(vid) > MAX_INT:
+        if not is_digits(vid) or int(vid) > MAX_INT:
             raise error(404, "not-found", f"{type_}/{id_} has no version {vid!r}: version ids "
                         "on this server are whole numbers")
         v = await self.store.vread(type_, id_, int(vid))
@@ -473,7 +474,7 @@ class FhirService:
                         f"{', '.join(unknown_elements)}", "_elements")
         page: SearchPage | None
         if token is not None:
-            if not offset_raw.isdigit() or int(offset_raw) > MAX_INT:
+            if not is_digits(offset_raw) or int(offset_raw) > MAX_INT:
                 raise error(400, "invalid", "_offset must be a whole number below 2^62",
                             "_offset")
             page = await self.store.search_page(token, int(offset_raw), query.count, query)

@@ -21,6 +21,8 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
+from app.text import is_digits
+
 __all__ = ["PatchError", "apply_json_patch"]
 
 _OPS = ("add", "remove", "replace", "move", "copy", "test")
@@ -190,7 +192,7 @@ def _resolve(doc: Any, parts: list[str]) -> Any:
                 return _MISSING
             node = node[part]
         elif isinstance(node, list):
-            if not part.isdigit() or (len(part) > 1 and part[0] == "0") or int(part) >= len(node):
+            if not is_digits(part) or (len(part) > 1 and part[0] == "0") or int(part) >= len(node):
                 return _MISSING
             node = node[int(part)]
         else:

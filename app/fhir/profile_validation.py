@@ -32,6 +32,7 @@ import fhirpathpy
 
 from app.definitions.registry import Registry
 from app.fhir.outcome import Issue
+from app.text import is_digits
 
 __all__ = ["ProfileValidator"]
 
@@ -384,7 +385,7 @@ class _Run:
         if isinstance(low, int) and count < low:
             self.add("error", "required", f"[{url}] {eid}: minimum cardinality {low}, found "
                      f"{count}", f"{location}.{name}")
-        if isinstance(high, str) and high.isdigit() and count > int(high):
+        if isinstance(high, str) and is_digits(high) and count > int(high):
             self.add("error", "structure", f"[{url}] {eid}: maximum cardinality {high}, found "
                      f"{count}", f"{location}.{name}")
 

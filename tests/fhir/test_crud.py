@@ -57,6 +57,22 @@ def test_update_creates_versions_and_vread_returns_each(client: TestClient) -> N
     assert client.get(f"/fhir/Patient/{p['id']}/_history/3").status_code == 404
 
 
+def test_version_ids_and_patch_indexes_in_unicode_digits_are_client_errors(
+        client: TestClient) -> None:
+    # "²" and "①" pass str.isdigit() but int() refuses them: they must be 4xx, never 500
+    p = create(client, patient())
+    for vid in ("²", "①", "٣", "1²"):
+        r = client.get(f"/fhir/Patient/{p['id']}/_history/{vid}")
+        assert r.status_code in (400, 404), (vid, r.status_code)
+        assert r.json()["resourceType"] == "OperationOutcome"
+    patch = [{"op": "replace", "path": "/name/²/text", "value": "张三"}]
+    r = client.patch(f"/fhir/Patient/{p['id']}", json=patch,
+                     headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code in (400, 422), r.status_code
+    r = client.get(f"/fhir/Patient/{p['id']}/$everything", params={"_count": "²"})
+    assert r.status_code == 400
+
+
 def test_update_with_unknown_id_creates_the_resource(client: TestClient) -> None:
     r = client.put("/fhir/Patient/pat-zhang", json=patient("pat-zhang"), headers=FHIR_JSON)
     assert r.status_code == 201

@@ -111,7 +111,8 @@ dates = st.one_of(st.sampled_from([
 numbers = st.one_of(st.sampled_from([
     "0", "-0", "6.5", "1e400", "-1e400", "1e-400", "99999999999999999999999999999999", "NaN",
     "inf", "0x10", "1,000", "５", ".5", "5.", "1e", "--1", "9223372036854775807",
-    "9223372036854775808", "18446744073709551616", "-9223372036854775809"]),
+    "9223372036854775808", "18446744073709551616", "-9223372036854775809",
+    "²", "①", "٣", "1_000", " 7 "]),  # Unicode digits int() refuses or reads
     st.integers().map(str), st.floats().map(str))
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(10**6), 10**6), huge_ints,
                          st.floats(allow_nan=False, allow_infinity=False), texts)

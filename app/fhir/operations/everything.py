@@ -15,6 +15,7 @@ from app.fhir.interactions import Call, FhirService, Result
 from app.fhir.outcome import error
 from app.pipeline.hooks import Interaction
 from app.search.dates import instant_to_ms
+from app.text import is_digits
 
 
 async def everything_operation(svc: FhirService, call: Call, patient_id: str,
@@ -38,7 +39,7 @@ async def everything_operation(svc: FhirService, call: Call, patient_id: str,
                 raise error(400, "invalid", f"_since: {exc}", "_since") from None
             since = value
         elif k in ("_count", "_offset"):
-            if not value.isdigit() or len(value) > 12:
+            if not is_digits(value) or len(value) > 12:
                 raise error(400, "invalid", f"{k} must be a whole number, got {value!r}", k)
             if k == "_count":
                 count = min(int(value), svc.settings.max_page_size)
