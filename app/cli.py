@@ -52,56 +52,91 @@ def _load_demo(settings: Settings) -> None:
 
 def _import(args: argparse.Namespace) -> int:
     """`yilian import`: exit 0 when every row was imported, 1 when any was rejected, 2 on a
-    problem with the command itself (mapping file, hospital OID)."""
+    problem with the command itself (mapping file, manifest, hospital OID)."""
     import asyncio
     from pathlib import Path
 
     from app.cnemr.context import Hospital
-    from app.cnemr.importer import DATA_ELEMENTS, Importer, count_rows, print_progress, summary
-    from app.cnemr.mapping import MappingError, load_mapping
-    from app.cnemr.parallel import import_parallel
-    from app.pipeline.hooks import Hooks
-    from app.server import build_service, seed_conformance
+    from app.cnemr.importer import (
+        DATA_ELEMENTS,
+        Importer,
+        ImportReport,
+        count_rows,
+        merge_reports,
+        print_progress,
+        summary,
+    )
+    from app.cnemr.manifest import load_manifest
+    from app.cnemr.mapping import ColumnMapping, MappingError, load_mapping
 
+    steps: list[tuple[ColumnMapping, tuple[Path, ...]]]
     try:
-        mapping = load_mapping(Path(args.mapping), DATA_ELEMENTS)
-        hospital = Hospital(args.hospital_oid)
+        if args.manifest:
+            if args.dataset or args.mapping or args.paths:
+                raise MappingError("--manifest names the mappings and files itself; do not "
+                                   "also give --dataset, --mapping or export files")
+            manifest = load_manifest(Path(args.manifest), DATA_ELEMENTS)
+            steps = list(manifest.steps)
+            oid = args.hospital_oid or manifest.hospital_oid
+        else:
+            if not (args.dataset and args.mapping and args.paths):
+                raise MappingError("give --dataset, --mapping and the export files, or "
+                                   "--manifest")
+            mapping = load_mapping(Path(args.mapping), DATA_ELEMENTS)
+            if mapping.dataset != args.dataset:
+                raise MappingError(f"{args.mapping} maps dataset {mapping.dataset!r}, "
+                                   f"not {args.dataset!r}")
+            steps = [(mapping, tuple(Path(p) for p in args.paths))]
+            oid = args.hospital_oid
+        if not oid:
+            raise MappingError("--hospital-oid is required (or hospital_oid in the manifest)")
+        hospital = Hospital(oid)
     except (MappingError, ValueError) as exc:
         print(f"yilian import: {exc}", file=sys.stderr)
         return 2
-    if mapping.dataset != args.dataset:
-        print(f"yilian import: {args.mapping} maps dataset {mapping.dataset!r}, "
-              f"not {args.dataset!r}", file=sys.stderr)
-        return 2
-    paths = [Path(p) for p in args.paths]
 
     settings = Settings()
     jobs = max(1, args.jobs)
+    progress = print_progress(sum(count_rows(paths, mapping) for mapping, paths in steps)) \
+        if sys.stderr.isatty() else None
 
-    async def run() -> int:
+    async def prepare() -> None:
+        from app.pipeline.hooks import Hooks
+        from app.server import build_service, seed_conformance
+
         service, profiles = build_service(settings, Hooks())
         await service.store.start()
-        progress = None
         try:
             await seed_conformance(service.store, profiles)
-            if jobs == 1:
-                progress = print_progress(count_rows(paths, mapping)) \
-                    if sys.stderr.isatty() else None
-                report = await Importer(service, hospital, progress).import_files(mapping,
-                                                                                  paths)
         finally:
             await service.store.close()
-        if jobs > 1:
-            report = import_parallel(settings, hospital, mapping, paths, jobs)
-        if progress is not None:
-            print(file=sys.stderr)
-        report_path = Path(args.report)
-        report.write_csv(report_path)
-        print(summary(report))
-        print(f"report: {report_path}")
-        return 1 if report.rows_rejected else 0
 
-    return asyncio.run(run())
+    async def in_process() -> ImportReport:
+        from app.pipeline.hooks import Hooks
+        from app.server import build_service
+
+        service, _ = build_service(settings, Hooks())
+        await service.store.start()
+        try:
+            importer = Importer(service, hospital, progress)
+            parts = [await importer.import_files(mapping, paths) for mapping, paths in steps]
+        finally:
+            await service.store.close()
+        return merge_reports(parts)
+
+    asyncio.run(prepare())
+    if jobs == 1:
+        report = asyncio.run(in_process())
+    else:
+        from app.cnemr.parallel import import_parallel
+        report = import_parallel(settings, hospital, steps, jobs, progress)
+    if progress is not None:
+        print(file=sys.stderr)
+    report_path = Path(args.report)
+    report.write_csv(report_path)
+    print(summary(report))
+    print(f"report: {report_path}")
+    return 1 if report.rows_rejected else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,17 +148,21 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=_serve)
     imp = sub.add_parser("import", help="import a hospital export (CSV in UTF-8/GBK/GB18030, "
-                         "JSON Lines) of a Chinese EMR dataset")
-    imp.add_argument("--dataset", required=True, choices=sorted(DATASET_NAMES))
-    imp.add_argument("--mapping", required=True,
+                         "JSON Lines) of a Chinese EMR dataset, or a whole daily export "
+                         "described by a manifest")
+    imp.add_argument("--dataset", choices=sorted(DATASET_NAMES))
+    imp.add_argument("--mapping",
                      help="YAML column mapping (see app/cnemr/mappings/ for examples)")
-    imp.add_argument("--hospital-oid", required=True,
+    imp.add_argument("--manifest",
+                     help="YAML list of (mapping, files) steps imported in order with one pool "
+                          "of workers (see app/cnemr/manifest.py)")
+    imp.add_argument("--hospital-oid",
                      help="the hospital's organisation OID, e.g. 2.16.156.10011.1.5.110000001")
     imp.add_argument("--report", default="import-report.csv",
                      help="where to write every rejected row and doubtful value (CSV)")
     imp.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                      help="worker processes (default: one per CPU core)")
-    imp.add_argument("paths", nargs="+", help="export files")
+    imp.add_argument("paths", nargs="*", help="export files")
     imp.set_defaults(func=_import)
     args = parser.parse_args(argv)
     result: int = args.func(args)

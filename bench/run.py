@@ -58,6 +58,7 @@ from bench.load import (
 )
 from bench.profile import PY_SPY_VERSION, Recording, ensure_py_spy, summarize
 from bench.report import render
+from bench.sections import carry_sections
 from bench.server import HOST, REPO, ServerProcess, baseline_server, yilian_server
 from bench.stats import Measurement, Metric
 from bench.wrk import WrkResult, ensure_wrk, run_wrk, write_paths, wrk_version
@@ -590,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         targets = [DOCS] if (cfg.mode == "full" or args.docs) else []
         for path in [RESULTS / f"{stamp}.md", *targets]:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(doc)
+            # keep the sections other benchmarks wrote (importer throughput)
+            path.write_text(carry_sections(path.read_text(), doc) if path.exists() else doc)
         print_summary(measurements, bench.problems)
         reports = ", ".join(str(p) for p in [RESULTS / f"{stamp}.md", *targets])
         print(f"Results: {out}; report: {reports} "

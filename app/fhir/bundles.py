@@ -46,7 +46,7 @@ class BundleProcessor:
     def __init__(self, service: FhirService) -> None:
         self.service = service
 
-    async def process(self, call: Call, body: bytes) -> Result:
+    async def process(self, call: Call, body: bytes | dict[str, Any]) -> Result:
         bundle = self.service.parse_body(body, "Bundle")
         kind = bundle.get("type")
         if kind not in ("transaction", "batch"):
@@ -226,8 +226,8 @@ class BundleProcessor:
                                 f"conditional reference {ref} at {where} matched "
                                 f"{len(matches)} resources; it must match exactly one", where)
                 targets[ref] = f"{matches[0][0]}/{matches[0][1]}"
-        if not found:
-            return entry.resource
+        if not found or not (ids or targets):
+            return entry.resource  # nothing to rewrite (no fullUrls, no conditional references)
         resolved: dict[str, Any] = _replace_references(entry.resource, {**ids, **targets})
         text = resolved.get("text")
         if isinstance(text, dict) and isinstance(text.get("div"), str):

@@ -508,7 +508,16 @@ class SqliteStore:
 
 
 class SqliteUnitOfWork:
-    """Reads and writes inside one `BEGIN IMMEDIATE` transaction on the writer connection."""
+    """Reads and writes inside one `BEGIN IMMEDIATE` transaction on the writer connection.
+
+    BEGIN (which may wait for another process's write lock), COMMIT (which may checkpoint)
+    and searches run on the writer thread. Once BEGIN has succeeded, the single-row reads,
+    puts and deletes of the transaction run inline on the calling thread: each is a few
+    indexed statements (~0.1-0.3 ms) on a connection nobody else may touch while the store's
+    write lock is held, and a thread hop per statement cost more than the statement itself
+    and lengthened the time the database write lock is held (measured in
+    docs/performance.md, importer section).
+    """
 
     def __init__(self, store: SqliteStore, conn: sqlite3.Connection) -> None:
         self.store = store
@@ -520,20 +529,18 @@ class SqliteUnitOfWork:
             if row is None:
                 return None
             return StoredVersion(type_, id_, row[0], row[1], bool(row[2]), row[3], row[4])
-        return await self.store._in_writer(run)
+        return run()
 
     async def search_ids(self, query: SearchQuery, limit: int) -> list[tuple[str, str]]:
         return await self.store._in_writer(lambda: self.store._search_ids(self.conn, query, limit))
 
     async def put(self, type_: str, id_: str, resource: dict[str, Any], *, method: str,
                   if_match: int | None = None) -> WriteResult:
-        return await self.store._in_writer(
-            lambda: self.store._put(self.conn, type_, id_, resource, method, if_match))
+        return self.store._put(self.conn, type_, id_, resource, method, if_match)
 
     async def delete(self, type_: str, id_: str, *,
                      if_match: int | None = None) -> WriteResult | None:
-        return await self.store._in_writer(
-            lambda: self.store._delete(self.conn, type_, id_, if_match))
+        return self.store._delete(self.conn, type_, id_, if_match)
 
     async def new_id(self) -> str:
         return str(uuid.uuid4())
