@@ -5,8 +5,8 @@ are folded with Unicode NFKC first) and either returns the FHIR form or raises
 `ValueRejected` with a rule name and a message saying what was expected. Nothing here guesses:
 a value that does not fit is rejected, and qualitative lab results stay text.
 
-- dates: YYYYMMDD, YYYYMMDDHHMM[SS], YYYY-MM-DD, YYYY/MM/DD, YYYY.MM.DD, YYYY年M月D日, each
-  with an optional time HH:MM[:SS]; a time gets the hospital's zone (default +08:00) made
+- dates: YYYYMMDD, YYYYMMDD[T]HHMM[SS] (WS 363 DT15), YYYY-MM-DD, YYYY/MM/DD, YYYY.MM.DD,
+  YYYY年M月D日, each with an optional time HH:MM[:SS]; a time gets the hospital's zone (default +08:00) made
   explicit, as FHIR dateTime requires a zone whenever a time is given. A zone the source
   wrote itself (ISO 8601, e.g. 2026-11-20T08:30:00+08:00) is kept.
 - amounts: 元 with at most two decimals → Money in CNY.
@@ -50,12 +50,13 @@ def fold(text: str | None) -> str:
 
 # -- Dates -------------------------------------------------------------------------------------
 
-_COMPACT = re.compile(r"(\d{4})(\d{2})(\d{2})(?:(\d{2})(\d{2})(\d{2})?)?")
+# WS 363 DT15 writes YYYYMMDDThhmmss; many exports drop the T.
+_COMPACT = re.compile(r"(\d{4})(\d{2})(\d{2})(?:T?(\d{2})(\d{2})(\d{2})?)?")
 _SEPARATED = re.compile(
     r"(\d{4})(?:[-/.](\d{1,2})[-/.](\d{1,2})|年(\d{1,2})月(\d{1,2})日?)"
     r"(?:(?:\s+|T)(\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?")
 _DATE_FORMS = ("YYYYMMDD, YYYY-MM-DD, YYYY/MM/DD or YYYY年M月D日, optionally followed by "
-               "HH:MM[:SS] (or YYYYMMDDHHMM[SS])")
+               "HH:MM[:SS] (or YYYYMMDD[T]HHMM[SS])")
 
 
 class ParsedDateTime(NamedTuple):
