@@ -31,7 +31,9 @@ Settlement level (all rows of a settlement must agree; a blank cell is not a dis
 - `fund_paid` 统筹支付, `account_paid` 个人账户支付, `cash_paid` 现金支付, `copay` 自付,
   `self_pay` 自费 → ClaimResponse.total in `SETTLEMENT_COMPONENT` (below); 统筹支付 is also
   ClaimResponse.payment (what the fund pays the hospital).
-- `insurance_type`: 医疗保险类别 CV02.01.204 (code or name) → Coverage.type; with it come a
+- `insurance_type`: 医疗保险类别 CV02.01.204 (code or name) → Coverage.type, and the
+  医疗付费方式 CV07.10.005 of Account and Claim where ConceptMap cv02-01-204-to-cv07-10-005
+  gives one (1, 2, 3, 7; the supplementary schemes 4-6 and 99 other do not); with it come a
   Coverage, a Claim and a ClaimResponse. Without it the settlement is self-pay: ChargeItems,
   Account and Invoice only (R4 Claim needs a Coverage), and a 统筹/个人账户 amount is reported.
 - `insurer_name`: 医保经办机构 → Coverage.payor / Claim.insurer display (default by type).
@@ -39,7 +41,9 @@ Settlement level (all rows of a settlement must agree; a blank cell is not a dis
 Line level: `item_code` (required) 项目编码 and `item_name` 项目名称 → ChargeItem.code in
 `charge_item_system(hospital)`; `fee_category` 收费大类 (西药费, 中药费, 检查费, 化验费, 治疗费,
 手术费, 材料费, 床位费, 挂号费 …) → the `EXT_FEE_CATEGORY` extension (R4 ChargeItem has no
-category element) and Claim.item.category, as text; `unit_price` 单价, `quantity` 数量,
+category element; StructureDefinition fee-category) and Claim.item.category, as text: HIS
+收费大类 differ between hospitals and are not the 首页 cost categories of that extension's
+preferred ValueSet; `unit_price` 单价, `quantity` 数量,
 `amount` (required) 金额.
 
 ChargeItem price: R4 ChargeItem takes its price from a ChargeItemDefinition (the 物价表); HIS
@@ -50,7 +54,8 @@ lineItem (informational priceComponent) and Claim.item.unitPrice. Invoice.totalG
 totalNet = 总金额 (exports show no discount). The Account is one per visit (or, without a
 visit, per settlement), type v3 ActCode PBILLACCT.
 
-`SETTLEMENT_COMPONENT` (https://fhir.yilian.cn/CodeSystem/cn-settlement-component) codes:
+`SETTLEMENT_COMPONENT` (https://fhir.yilian.cn/CodeSystem/cn-settlement-component, in
+fhir_profiles/) codes:
 `fund` 统筹基金支付, `personal-account` 个人账户支付, `cash` 现金支付 (the three payment sources),
 `copay` 自付 (the patient's share of items inside the 医保 catalogue: 起付线, 乙类先自付,
 按比例自付) and `self-pay` 自费 (items outside the catalogue). `fund` also carries the
@@ -84,6 +89,7 @@ from app.cnemr.context import (
     stable_id,
 )
 from app.cnemr.errors import RowError, ValueRejected
+from app.cnemr.terminology import codes, translate
 from app.cnemr.values import fold, parse_amount, parse_date, parse_datetime
 from app.text import is_digits
 
@@ -103,34 +109,38 @@ CS_PAYMENT_METHOD = "urn:oid:2.16.156.10011.2.3.1.269"  # 医疗付费方式 CV0
 
 CENT = TOLERANCE = Decimal("0.01")
 
-# CV02.01.204 医疗保险类别; the names hospitals write are accepted too.
-INSURANCE_TYPES: dict[str, str] = {
-    "1": "城镇职工基本医疗保险", "2": "城镇居民基本医疗保险", "3": "新型农村合作医疗",
-    "4": "公务员医疗补助", "5": "企业补充医疗保险", "6": "大额补充医疗保险", "7": "商业医疗保险",
-    "99": "其他",
-}
-_INSURANCE_BY_NAME = {name: code for code, name in INSURANCE_TYPES.items()} | {
+# CV02.01.204 医疗保险类别, code → display: the CodeSystem of fhir_profiles/ (kept under this
+# name because other mappers import it).
+INSURANCE_TYPES: Mapping[str, str] = codes(CS_INSURANCE_TYPE)
+# CV02.01.204 → CV07.10.005 医疗付费方式 where the two tables name the same scheme.
+INSURANCE_TO_PAYMENT_MAP = "https://fhir.yilian.cn/ConceptMap/cv02-01-204-to-cv07-10-005"
+
+# CV02.01.204 医疗保险类别 as hospitals write it besides its code and CodeSystem display.
+_INSURANCE_ALIASES = {
     "城镇职工": "1", "职工医保": "1", "职工": "1", "城镇居民": "2", "居民医保": "2", "居民": "2",
     "城乡居民": "2", "新农合": "3", "公务员补助": "4", "企业补充": "5", "大额补充": "6",
     "商业": "7", "商业保险": "7", "其他": "99"}
-# CV02.01.204 → CV07.10.005 医疗付费方式 where the two tables name the same scheme.
-_PAYMENT_METHOD = {"1": ("01", "城镇职工基本医疗保险"), "2": ("02", "城镇居民基本医疗保险"),
-                   "3": ("03", "新型农村合作医疗"), "7": ("05", "商业医疗保险")}
 
-# (data element, code, display) of the settlement split, in ClaimResponse.total order.
-SPLIT: tuple[tuple[str, str, str], ...] = (
-    ("fund_paid", "fund", "统筹基金支付"),
-    ("account_paid", "personal-account", "个人账户支付"),
-    ("cash_paid", "cash", "现金支付"),
-    ("copay", "copay", "自付"),
-    ("self_pay", "self-pay", "自费"),
+# (data element, SETTLEMENT_COMPONENT code) of the settlement split, in ClaimResponse.total
+# order; the names are the CodeSystem's displays.
+SPLIT: tuple[tuple[str, str], ...] = (
+    ("fund_paid", "fund"),
+    ("account_paid", "personal-account"),
+    ("cash_paid", "cash"),
+    ("copay", "copay"),
+    ("self_pay", "self-pay"),
 )
 _SETTLEMENT_KEYS = ("patient_id", "visit_id", "inpatient_no", "admission_count", "outpatient_no",
                     "visit_date", "patient_type",
                     "invoice_no", "settlement_time", "insurance_settlement_no", "total_amount",
                     "insurance_type", "insurer_name", *(s[0] for s in SPLIT))
-_AMOUNT_NAMES = {"total_amount": "总金额", "amount": "金额", "unit_price": "单价",
-                 **{s[0]: s[2] for s in SPLIT}}
+_AMOUNT_NAMES = {"total_amount": "总金额", "amount": "金额", "unit_price": "单价"}
+
+
+def _amount_name(key: str) -> str:
+    """How an amount element is named in messages: 总金额 …, or its split component's display."""
+    component = dict(SPLIT).get(key)
+    return codes(SETTLEMENT_COMPONENT)[component] if component else _AMOUNT_NAMES[key]
 
 
 def charge_item_system(hospital: Hospital) -> str:
@@ -163,7 +173,7 @@ def _amount(row: Mapping[str, Any], key: str, index: int, errors: list[RowError]
     try:
         return Decimal(str(parse_amount(raw)["value"])).quantize(CENT)
     except ValueRejected as exc:
-        errors.append(RowError(key, raw, exc.rule, f"{_AMOUNT_NAMES[key]}: {exc.message}",
+        errors.append(RowError(key, raw, exc.rule, f"{_amount_name(key)}: {exc.message}",
                                "error", index))
         return None
 
@@ -192,7 +202,8 @@ def _code(row: Mapping[str, Any], hospital: Hospital) -> Resource:
 
 
 def _insurance_type(raw: str, errors: list[RowError]) -> Resource:
-    code = _INSURANCE_BY_NAME.get(raw) or (raw.lstrip("0") or raw if is_digits(raw) else raw)
+    by_name = {name: code for code, name in INSURANCE_TYPES.items()} | _INSURANCE_ALIASES
+    code = by_name.get(raw) or (raw.lstrip("0") or raw if is_digits(raw) else raw)
     if code not in INSURANCE_TYPES:
         errors.append(RowError("insurance_type", raw, "cv02.01.204",
                                "医疗保险类别 must be a CV02.01.204 code (1 城镇职工, "
@@ -271,7 +282,7 @@ def _settlement_values(rows: Sequence[Mapping[str, Any]], settlement_id: str
 def _split(rows: Sequence[Mapping[str, Any]], errors: list[RowError]
            ) -> dict[str, Decimal]:
     out: dict[str, Decimal] = {}
-    for key, _, _ in SPLIT:
+    for key, _ in SPLIT:
         raw = _first(rows, key)
         if raw:
             index = next(i for i, r in enumerate(rows) if fold(r.get(key)) == raw)
@@ -417,11 +428,11 @@ def _resources(rows: Sequence[Mapping[str, Any]], hospital: Hospital, settlement
             "beneficiary": patient_ref,
             "payor": [{"display": insurer_name}],
         }
-        if code in _PAYMENT_METHOD:
-            pm_code, pm_display = _PAYMENT_METHOD[code]
+        method = translate(INSURANCE_TO_PAYMENT_MAP, CS_INSURANCE_TYPE, code) \
+            if "coding" in cov_type else None
+        if method:
             payment_method = {"url": EXT_PAYMENT_METHOD, "valueCodeableConcept": {
-                "coding": [{"system": CS_PAYMENT_METHOD, "code": pm_code,
-                            "display": pm_display}], "text": pm_display}}
+                "coding": [method], "text": method["display"]}}
     elif any(split.get(k, Decimal(0)) != 0 for k in ("fund_paid", "account_paid")):
         errors.append(RowError("insurance_type", "", "insurance-type-missing",
                                f"结算 {settlement_id} has 统筹/个人账户 payments but no "
@@ -515,9 +526,10 @@ def _resources(rows: Sequence[Mapping[str, Any]], hospital: Hospital, settlement
     totals: list[Resource] = [{"category": {"coding": [{
         "system": ADJUDICATION, "code": "submitted", "display": "Submitted Amount"}],
         "text": "总金额"}, "amount": _money(total)}]
-    for key, code, display in SPLIT:
+    for key, code in SPLIT:
         if key not in split:
             continue
+        display = codes(SETTLEMENT_COMPONENT)[code]
         codings = [{"system": SETTLEMENT_COMPONENT, "code": code, "display": display}]
         if code == "fund":
             codings.append({"system": ADJUDICATION, "code": "benefit",

@@ -12,7 +12,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.cnemr import billing, homepage, lab, organization, patient, prescription, visit
+from app.cnemr import (
+    billing,
+    card,
+    documents,
+    exam,
+    homepage,
+    lab,
+    organization,
+    patient,
+    prescription,
+    visit,
+)
 from app.cnemr.context import Hospital
 from app.cnemr.errors import RowError, per_row
 
@@ -62,4 +73,17 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         "hospital_name", "department_code", "department_name", "staff_id", "staff_name",
         "title", "license_no", "id_number"}),
         "department_code", organization.map_staff_rows),
+    Dataset("exam", frozenset({
+        "report_no", "patient_id", "visit_id", "exam_code", "exam_name", "modality",
+        "body_site", "exam_time", "report_time", "findings", "impression", "department",
+        "report_doctor", "review_doctor", "study_uid", "accession_no"}),
+        "report_no", exam.map_exam_rows),
+    Dataset("card", frozenset({
+        "card_no", "card_type", "patient_id", "card_status", "issue_date", "expiry_date",
+        "insurance_type", "insurer_name", "insurance_area"}),
+        None, card.map_card_rows),
+    Dataset("outpatient_record", documents.OUTPATIENT_ELEMENTS, None,
+            documents.map_outpatient_record_rows),
+    Dataset("document", documents.DOCUMENT_ELEMENTS, "document_no",
+            documents.map_document_rows),
 )}

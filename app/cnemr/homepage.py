@@ -29,7 +29,9 @@ Canonical data elements (values are the exported text; blank or missing means no
 - `admission_time` 入院时间 (RYSJ) and `discharge_time` 出院时间 (CYSJ), both required.
 - `admission_department` 入院科别 (RYKB), `discharge_department` 出院科别 (CYKB).
 - `length_of_stay` 实际住院天数 (SJZYTS); computed from the dates when blank.
-- `discharge_method_code` 离院方式 (LYFS), the 首页 table (see `DISCHARGE_METHODS`).
+- `discharge_method_code` 离院方式 (LYFS), the 首页 table (CodeSystem
+  discharge-disposition-shouye: 1 医嘱离院 · 2 医嘱转院 · 3 医嘱转社区卫生服务机构/乡镇卫生院 ·
+  4 非医嘱离院 · 5 死亡 · 9 其他).
 - `principal_diagnosis_code` / `_name` / `principal_admission_condition`: 主要诊断 (JBDM,
   ZYZD, RYBQ), required; `other_diagnosis_code_1..5` / `other_diagnosis_name_1..5` /
   `other_admission_condition_1..5`: 其他诊断 (JBDMn, QTZDn, RYBQn).
@@ -42,7 +44,15 @@ Canonical data elements (values are the exported text; blank or missing means no
   主证, GB/T 15657 (edition not stated by the upload, so Coding.version is left out).
 - `attending_doctor` 主治医师 (ZZYS): Composition.author; the 出院科别 stands in when blank.
 - the amounts of `COST_ITEMS` (`total_cost` 总费用 ZFY, `self_paid_amount` 自付金额 ZFJE,
-  `western_medicine_cost` 西药费 XYF, …) in 元.
+  `western_medicine_cost` 西药费 XYF, …) in 元; a cost category's Claim.item is coded in
+  CodeSystem fee-category-shouye by its upload column.
+
+Codes and displays of the national tables (CV07.10.005, CV09.00.403, CV05.10.019, CV05.10.024,
+CV04.50.005/020, the 首页 离院方式 and cost categories) are the CodeSystems of fhir_profiles/, and
+入院途径, 离院方式 and the patient type are translated to FHIR through its ConceptMaps
+(`app.cnemr.terminology`); this module only knows how a 首页 writes them (single digits, names,
+A/B/O, 阳/阴 …). A ConceptMap target that is narrower or inexact is not asserted: 入院途径
+3 其他医疗机构转入 keeps its CV09.00.403 coding alone.
 
 Rules: the row is rejected (severity error, no resources) when the patient, the admission key,
 the dates or the 主要诊断 are missing or invalid; a bad optional value (an 其他诊断 whose ICD-10
@@ -72,9 +82,9 @@ from app.cnemr.context import (
     patient_resource_id,
 )
 from app.cnemr.errors import RowError, ValueRejected, per_row
+from app.cnemr.terminology import UnknownTerminology, codes, coding, translate
 from app.cnemr.values import as_datetime, fold, parse_amount, parse_datetime
 from app.samples.hospital import (
-    ACT_CODE,
     CS_ADMIT_SOURCE,
     CS_ICD10,
     CS_PATIENT_TYPE,
@@ -103,38 +113,23 @@ CS_PAYMENT_METHOD = "urn:oid:2.16.156.10011.2.3.1.269"  # CV07.10.005
 # No OID was found for CV05.10.019; fhir_profiles/ gives it a Yilian URL (see its README).
 CS_ADMISSION_CONDITION = "https://fhir.yilian.cn/CodeSystem/cv05-10-019-admission-condition"
 # 离院方式: the national table CV06.00.226 was not found; this is the 首页 form's own table.
-CS_DISCHARGE_METHOD = "https://fhir.yilian.cn/CodeSystem/shouye-discharge-method"
-DISCHARGE_DISPOSITION = HL7_TERM + "discharge-disposition"
+CS_DISCHARGE_METHOD = "https://fhir.yilian.cn/CodeSystem/discharge-disposition-shouye"
+CS_FEE_CATEGORY = "https://fhir.yilian.cn/CodeSystem/fee-category-shouye"
+ADMIT_SOURCE_MAP = "https://fhir.yilian.cn/ConceptMap/cv09-00-403-to-admit-source"
+DISCHARGE_MAP = ("https://fhir.yilian.cn/ConceptMap/"
+                 "discharge-disposition-shouye-to-discharge-disposition")
+PATIENT_TYPE_MAP = "https://fhir.yilian.cn/ConceptMap/cv09-00-404-to-v3-actcode"
 
 EXT_ADMISSION_CONDITION = EXT_BASE + "admission-condition"
 EXT_OPERATION_LEVEL = EXT_BASE + "operation-level"
 EXT_PAYMENT_METHOD = EXT_BASE + "payment-method"
 EXT_TCM_SYNDROME = EXT_BASE + "tcm-syndrome"
 
-PAYMENT_METHODS: dict[str, str] = {
-    "01": "城镇职工基本医疗保险", "02": "城镇居民基本医疗保险", "03": "新型农村合作医疗",
-    "04": "贫困救助", "05": "商业医疗保险", "06": "全公费", "07": "全自费", "08": "其他社会保险",
-    "99": "其他"}
-ADMIT_SOURCES: dict[str, str] = {"1": "急诊", "2": "门诊", "3": "其他医疗机构转入", "9": "其他"}
-ADMISSION_CONDITIONS: dict[str, str] = {"1": "有", "2": "临床未确定", "3": "情况不明", "4": "无"}
-OPERATION_LEVELS: dict[str, str] = {"1": "一级手术", "2": "二级手术", "3": "三级手术",
-                                    "4": "四级手术"}
 _LEVEL_TEXT = {"一级": "1", "二级": "2", "三级": "3", "四级": "4"}
-# 离院方式 of the 首页 (卫医政发〔2011〕84号) → HL7 discharge-disposition.
-DISCHARGE_METHODS: dict[str, tuple[str, str, str]] = {
-    "1": ("医嘱离院", "home", "Home"),
-    "2": ("医嘱转院", "other-hcf", "Other healthcare facility"),
-    "3": ("医嘱转社区卫生服务机构/乡镇卫生院", "other-hcf", "Other healthcare facility"),
-    "4": ("非医嘱离院", "aadvice", "Left against advice"),
-    "5": ("死亡", "exp", "Expired"),
-    "9": ("其他", "oth", "Other"),
-}
 # 麻醉方法 CV06.00.103, first level; two-digit subcodes are kept as given.
 ANESTHESIA: dict[str, str] = {"1": "全身麻醉", "2": "椎管内麻醉", "3": "局部麻醉",
                               "4": "复合麻醉", "9": "其他"}
-ABO: dict[str, str] = {"1": "A", "2": "B", "3": "O", "4": "AB", "5": "不详"}
 _ABO_TEXT = {"A": "1", "B": "2", "O": "3", "AB": "4", "不详": "5", "未查": "6"}
-RH: dict[str, str] = {"1": "阴性", "2": "阳性", "3": "不详"}
 _RH_TEXT = {"阴": "1", "阴性": "1", "-": "1", "RH-": "1", "阳": "2", "阳性": "2", "+": "2",
             "RH+": "2", "不详": "3", "未查": "4"}
 _NOT_TESTED = {"abo_blood_group": "6", "rh_blood_group": "4"}
@@ -143,23 +138,23 @@ _NOT_TESTED = {"abo_blood_group": "6", "rh_blood_group": "4"}
 @dataclass(frozen=True, slots=True)
 class CostItem:
     element: str
-    column: str  # the 首页 upload column, kept as the item's code for traceability
-    name: str
+    column: str  # the 首页 upload column; a cost category's code in CS_FEE_CATEGORY
+    name: str = ""  # totals only: a category's name is its CodeSystem display
 
 
 # 总费用 and 自付金额 are totals, not categories; the rest become Claim.item in this order.
 COST_TOTAL = CostItem("total_cost", "ZFY", "住院总费用")
 COST_SELF_PAID = CostItem("self_paid_amount", "ZFJE", "自付金额")
 COST_ITEMS: tuple[CostItem, ...] = (
-    CostItem("general_service_cost", "YLFUF", "一般医疗服务费"),
-    CostItem("nursing_cost", "HLF", "护理费"),
-    CostItem("laboratory_cost", "SYSZDF", "实验室诊断费"),
-    CostItem("imaging_cost", "YXXZDF", "影像学诊断费"),
-    CostItem("surgery_cost", "SSF", "手术费"),
-    CostItem("anesthesia_cost", "MAF", "麻醉费"),
-    CostItem("western_medicine_cost", "XYF", "西药费"),
-    CostItem("chinese_patent_medicine_cost", "ZCYF", "中成药费"),
-    CostItem("chinese_herbal_cost", "ZCYF1", "中草药费"),
+    CostItem("general_service_cost", "YLFUF"),  # 一般医疗服务费
+    CostItem("nursing_cost", "HLF"),  # 护理费
+    CostItem("laboratory_cost", "SYSZDF"),  # 实验室诊断费
+    CostItem("imaging_cost", "YXXZDF"),  # 影像学诊断费
+    CostItem("surgery_cost", "SSF"),  # 手术费
+    CostItem("anesthesia_cost", "MAF"),  # 麻醉费
+    CostItem("western_medicine_cost", "XYF"),  # 西药费
+    CostItem("chinese_patent_medicine_cost", "ZCYF"),  # 中成药费
+    CostItem("chinese_herbal_cost", "ZCYF1"),  # 中草药费
 )
 
 PATIENT_ELEMENTS = frozenset({
@@ -199,8 +194,19 @@ def _coding(system: str, code: str, display: str) -> dict[str, str]:
     return {"system": system, "code": code, "display": display}
 
 
-def _concept(system: str, code: str, display: str) -> Resource:
-    return {"coding": [_coding(system, code, display)], "text": display}
+def _concept(system: str, code: str) -> Resource:
+    """A CodeableConcept of one code of a fhir_profiles/ CodeSystem, text its display."""
+    concept = coding(system, code)
+    return {"coding": [concept], "text": concept["display"]}
+
+
+def _translated(system: str, code: str, concept_map: str) -> Resource:
+    """`_concept` with the code's FHIR translation as a second coding, where there is one."""
+    concept = _concept(system, code)
+    target = translate(concept_map, system, code)
+    if target:
+        concept["coding"].append(target)
+    return concept
 
 
 class _Row:
@@ -273,12 +279,12 @@ def _icd10(code: str) -> str:
 
 
 def _admission_condition(r: _Row, field: str) -> Resource | None:
-    code = r.coded(field, ADMISSION_CONDITIONS, "cv05.10.019", "入院病情",
-                   {v: k for k, v in ADMISSION_CONDITIONS.items()})
+    table = codes(CS_ADMISSION_CONDITION)
+    code = r.coded(field, table, "cv05.10.019", "入院病情", {v: k for k, v in table.items()})
     if code is None:
         return None
     return {"url": EXT_ADMISSION_CONDITION, "valueCodeableConcept": _concept(
-        CS_ADMISSION_CONDITION, code, ADMISSION_CONDITIONS[code])}
+        CS_ADMISSION_CONDITION, code)}
 
 
 def _condition(ctx: _Context, part: str, coding: dict[str, str], text: str,
@@ -381,12 +387,12 @@ def _procedures(r: _Row, ctx: _Context) -> list[Resource]:
         if name:
             coding["display"] = name
         procedure: Resource = {"resourceType": "Procedure", "id": ctx.rid("proc", str(n))}
-        level = r.coded(fields["operation_level"], OPERATION_LEVELS, "cv05.10.024", "手术级别",
-                        _LEVEL_TEXT | {v: k for k, v in OPERATION_LEVELS.items()})
+        levels = codes(CS_OPERATION_LEVEL)
+        level = r.coded(fields["operation_level"], levels, "cv05.10.024", "手术级别",
+                        _LEVEL_TEXT | {v: k for k, v in levels.items()})
         if level:
             procedure["extension"] = [{"url": EXT_OPERATION_LEVEL, "valueCodeableConcept":
-                                       _concept(CS_OPERATION_LEVEL, level,
-                                                OPERATION_LEVELS[level])}]
+                                       _concept(CS_OPERATION_LEVEL, level)}]
         procedure.update({"status": "completed", "code": {"coding": [coding],
                                                           "text": name or code},
                           "subject": ctx.patient_ref, "encounter": ctx.encounter_ref})
@@ -409,14 +415,14 @@ def _procedures(r: _Row, ctx: _Context) -> list[Resource]:
 
 def _blood_group(r: _Row, ctx: _Context, field: str) -> Resource | None:
     abo = field == "abo_blood_group"
-    table, aliases = (ABO, _ABO_TEXT) if abo else (RH, _RH_TEXT)
+    system, aliases = (CS_ABO, _ABO_TEXT) if abo else (CS_RH, _RH_TEXT)
     raw = r.get(field)
     if not raw:
         return None
     code = aliases.get(raw.upper(), raw)
     if code == _NOT_TESTED[field]:
         return None  # 未查: not tested, nothing to record
-    if code not in table:
+    if code not in codes(system):
         r.warn(field, "cv04.50.005" if abo else "cv04.50.020",
                ("血型 must be 1 A, 2 B, 3 O, 4 AB, 5 不详, 6 未查" if abo else
                 "Rh must be 1 阴性, 2 阳性, 3 不详, 4 未查") + "; left out")
@@ -427,7 +433,7 @@ def _blood_group(r: _Row, ctx: _Context, field: str) -> Resource | None:
         "status": "final", "category": [_LABORATORY],
         "code": {"coding": [_coding(LOINC, *loinc)], "text": "ABO血型" if abo else "Rh血型"},
         "subject": ctx.patient_ref, "encounter": ctx.encounter_ref,
-        "valueCodeableConcept": _concept(CS_ABO if abo else CS_RH, code, table[code]),
+        "valueCodeableConcept": _concept(system, code),
     }
 
 
@@ -436,14 +442,23 @@ def _payment_method(r: _Row) -> Resource | None:
     if not raw:
         return None
     code = "99" if raw == "9" else raw.zfill(2) if is_digits(raw) else raw
-    code = {v: k for k, v in PAYMENT_METHODS.items()}.get(code, code)
-    if code not in PAYMENT_METHODS:
+    methods = codes(CS_PAYMENT_METHOD)
+    code = {v: k for k, v in methods.items()}.get(code, code)
+    if code not in methods:
         r.warn("payment_method_code", "cv07.10.005",
                "医疗付费方式 must be a CV07.10.005 code 01-08 or 99 (or the 2011 首页 digit 1-9); "
                "left out")
         return None
-    return {"url": EXT_PAYMENT_METHOD, "valueCodeableConcept": _concept(
-        CS_PAYMENT_METHOD, code, PAYMENT_METHODS[code])}
+    return {"url": EXT_PAYMENT_METHOD, "valueCodeableConcept": _concept(CS_PAYMENT_METHOD,
+                                                                         code)}
+
+
+def _inpatient_class() -> Resource:
+    """Encounter.class of an admission: CV09.00.404 3 住院 through its ConceptMap (IMP)."""
+    target = translate(PATIENT_TYPE_MAP, CS_PATIENT_TYPE, "3")
+    if target is None:  # fhir_profiles/ is broken, not the row; test_terminology guards it
+        raise UnknownTerminology(f"{PATIENT_TYPE_MAP} gives no Encounter.class for 3 住院")
+    return target
 
 
 def _length_of_stay(r: _Row, start: str, end: str) -> Resource:
@@ -489,8 +504,8 @@ def _encounter(r: _Row, ctx: _Context, admission_no: str, count: int, start: str
     encounter.update({
         "identifier": identifiers,
         "status": "finished",
-        "class": _coding(ACT_CODE, "IMP", "inpatient encounter"),
-        "type": [_concept(CS_PATIENT_TYPE, "3", "住院")],
+        "class": _inpatient_class(),
+        "type": [_concept(CS_PATIENT_TYPE, "3")],
         "subject": ctx.patient_ref,
         "period": {"start": start, "end": end},
         "length": _length_of_stay(r, start, end),
@@ -512,18 +527,17 @@ def _encounter(r: _Row, ctx: _Context, admission_no: str, count: int, start: str
                 entry["rank"] = rank
             encounter["diagnosis"].append(entry)
     hospitalization: Resource = {}
-    route = r.coded("admission_route_code", ADMIT_SOURCES, "cv09.00.403", "入院途径",
-                    {v: k for k, v in ADMIT_SOURCES.items()})
+    routes = codes(CS_ADMIT_SOURCE)
+    route = r.coded("admission_route_code", routes, "cv09.00.403", "入院途径",
+                    {v: k for k, v in routes.items()})
     if route:
-        hospitalization["admitSource"] = _concept(CS_ADMIT_SOURCE, route, ADMIT_SOURCES[route])
-    method = r.coded("discharge_method_code", {k: v[0] for k, v in DISCHARGE_METHODS.items()},
-                     "shouye-lyfs", "离院方式",
-                     {v[0]: k for k, v in DISCHARGE_METHODS.items()})
+        hospitalization["admitSource"] = _translated(CS_ADMIT_SOURCE, route, ADMIT_SOURCE_MAP)
+    methods = codes(CS_DISCHARGE_METHOD)
+    method = r.coded("discharge_method_code", methods, "shouye-lyfs", "离院方式",
+                     {v: k for k, v in methods.items()})
     if method:
-        local, fhir, fhir_display = DISCHARGE_METHODS[method]
-        hospitalization["dischargeDisposition"] = {
-            "coding": [_coding(CS_DISCHARGE_METHOD, method, local),
-                       _coding(DISCHARGE_DISPOSITION, fhir, fhir_display)], "text": local}
+        hospitalization["dischargeDisposition"] = _translated(CS_DISCHARGE_METHOD, method,
+                                                              DISCHARGE_MAP)
     if hospitalization:
         encounter["hospitalization"] = hospitalization
     locations = [{"location": {"display": d}, "status": "completed"}
@@ -544,7 +558,7 @@ def _claim(r: _Row, ctx: _Context, admission_no: str, count: int,
         net = r.money(cost.element)
         if net is not None:
             items.append({"sequence": len(items) + 1,
-                          "productOrService": {"text": cost.name},
+                          "productOrService": _concept(CS_FEE_CATEGORY, cost.column),
                           "net": net})
     if total is None and self_paid is None and not items:
         return None
@@ -581,12 +595,13 @@ def _claim(r: _Row, ctx: _Context, admission_no: str, count: int,
 
 def _composition(r: _Row, ctx: _Context, tcm: bool, sections: list[tuple[str, list[Resource]]]
                  ) -> Resource:
-    code, title = ("C0033", "中医住院病案首页") if tcm else ("C0032", "住院病案首页")
+    document = _concept(CS_WST500, "C0033" if tcm else "C0032")  # 中医住院病案首页 / 住院病案首页
+    code, title = document["coding"][0]["code"], document["text"]
     author = r.get("attending_doctor") or r.get("discharge_department") or "病案科"
     return {
         "resourceType": "Composition", "id": ctx.rid("comp", code),
         "status": "final",
-        "type": {"coding": [_coding(CS_WST500, code, title)], "text": title},
+        "type": document,
         "subject": ctx.patient_ref, "encounter": ctx.encounter_ref,
         "date": ctx.recorded,
         "author": [{"display": author}],

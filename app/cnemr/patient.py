@@ -6,15 +6,17 @@ or missing means not recorded):
 - `patient_id` (required): 院内患者ID, the HIS patient id → identifier in
   `Hospital.patient_id_system`; also keys Patient.id.
 - `name` (required): 姓名 → name.text, family/given (复姓 欧阳, 司马, 诸葛 … kept whole).
-- `gender_code`: 性别代码, GB/T 2261.1 (0/1/2/9, or 男/女) → gender, with the GB/T 2261.1
-  coding in an extension on `_gender`.
+- `gender_code`: 性别代码, GB/T 2261.1 (0/1/2/9, or 男/女) → gender through the ConceptMap
+  gbt-2261-1-to-administrative-gender, with the GB/T 2261.1 coding in an extension on
+  `_gender`.
 - `birth_date`: 出生日期 → birthDate.
 - `id_type_code`: 身份证件类别代码, CV02.01.101 (blank means 01 when a number is given).
 - `id_number`: 身份证件号码 → identifier urn:oid:2.16.156.10011.1.3 for 01 居民身份证; other
   document types keep only their CV02.01.101 type (no national namespace exists for them).
 - `ethnicity_code`: 民族, GB 3304 (01-56, 97, 98; '1' and 汉族/汉 accepted) → extension.
 - `marital_status_code`: 婚姻状况代码, GB/T 2261.2 (also the 首页 digits 1/2/3/4/9) →
-  maritalStatus with the GB/T 2261.2 coding and its v3-MaritalStatus translation.
+  maritalStatus with the GB/T 2261.2 coding and its v3-MaritalStatus translation (ConceptMap
+  gbt-2261-2-to-v3-marital-status; 90 其他 has none).
 - `phone`: 电话号码 → telecom, one per number when a cell holds several (138…/010-…);
   use mobile for a mainland mobile number.
 - `address`: 现住址 → address (use home, text).
@@ -24,17 +26,20 @@ Rules: a 居民身份证号 is checked by GB 11643-1999 and upgraded from 15 dig
 check it is left out and reported. Its sex and birth date are cross-checked against the
 recorded ones and a mismatch is reported, with both kept exactly as the source gave them.
 The extension URLs are the ones `app.samples.hospital` already uses, so sample data and imported
-data look the same.
+data look the same. Codes, displays and translations come from the CodeSystems and ConceptMaps
+of fhir_profiles/ (`app.cnemr.terminology`); this module only knows how exports write them.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from app.cnemr.context import Hospital, patient_resource_id
 from app.cnemr.errors import RowError, ValueRejected
+from app.cnemr.terminology import codes, coding, translate
 from app.cnemr.values import (
     fold,
     id_mismatches,
@@ -63,42 +68,24 @@ _NAME_DOTS = re.compile("[·•・‧.．]")
 _ALL_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+")
 
 HL7_TERM = "http://terminology.hl7.org/CodeSystem/"
-V3_MARITAL = HL7_TERM + "v3-MaritalStatus"
 
-# GB/T 2261.1-2003 生理性别 → FHIR AdministrativeGender.
-GENDER: dict[str, tuple[str, str]] = {
-    "0": ("未知的性别", "unknown"), "1": ("男性", "male"), "2": ("女性", "female"),
-    "9": ("未说明的性别", "unknown"),
-}
+# The code tables (GB/T 2261.1, GB 3304, GB/T 2261.2, CV02.01.101) and their translations to
+# FHIR are the CodeSystems and ConceptMaps of fhir_profiles/ (`app.cnemr.terminology`); below
+# are only the ways exports write the codes.
+GENDER_MAP = "https://fhir.yilian.cn/ConceptMap/gbt-2261-1-to-administrative-gender"
+MARITAL_MAP = "https://fhir.yilian.cn/ConceptMap/gbt-2261-2-to-v3-marital-status"
+
 _GENDER_TEXT = {"男": "1", "男性": "1", "女": "2", "女性": "2", "未知": "0", "未说明": "9"}
-
-# GB 3304-1991 中国各民族名称的罗马字母拼写法和代码.
-ETHNICITY: dict[str, str] = {f"{i:02d}": name for i, name in enumerate((
-    "汉族", "蒙古族", "回族", "藏族", "维吾尔族", "苗族", "彝族", "壮族", "布依族", "朝鲜族",
-    "满族", "侗族", "瑶族", "白族", "土家族", "哈尼族", "哈萨克族", "傣族", "黎族", "傈僳族",
-    "佤族", "畲族", "高山族", "拉祜族", "水族", "东乡族", "纳西族", "景颇族", "柯尔克孜族",
-    "土族", "达斡尔族", "仫佬族", "羌族", "布朗族", "撒拉族", "毛南族", "仡佬族", "锡伯族",
-    "阿昌族", "普米族", "塔吉克族", "怒族", "乌孜别克族", "俄罗斯族", "鄂温克族", "德昂族",
-    "保安族", "裕固族", "京族", "塔塔尔族", "独龙族", "鄂伦春族", "赫哲族", "门巴族", "珞巴族",
-    "基诺族"), 1)} | {"97": "其他未识别民族", "98": "外国血统中国籍人士"}
-_ETHNICITY_BY_NAME = {name: code for code, name in ETHNICITY.items()} | {
-    name.removesuffix("族"): code for code, name in ETHNICITY.items() if name.endswith("族")}
-
-# GB/T 2261.2-2003 婚姻状况 → v3-MaritalStatus (90 其他 has no v3 equivalent).
-MARITAL: dict[str, tuple[str, tuple[str, str] | None]] = {
-    "10": ("未婚", ("S", "Never Married")), "20": ("已婚", ("M", "Married")),
-    "21": ("初婚", ("M", "Married")), "22": ("再婚", ("M", "Married")),
-    "23": ("复婚", ("M", "Married")), "30": ("丧偶", ("W", "Widowed")),
-    "40": ("离婚", ("D", "Divorced")), "90": ("其他", None),
-}
 # 住院病案首页 (卫医政发〔2011〕84号) writes the first digit only.
 _MARITAL_SHORT = {"1": "10", "2": "20", "3": "30", "4": "40", "9": "90"}
 
-# CV02.01.101 身份证件类别.
-ID_TYPES: dict[str, str] = {
-    "01": "居民身份证", "02": "居民户口簿", "03": "护照", "04": "军官证", "05": "驾驶证",
-    "06": "港澳通行证", "07": "台湾通行证", "99": "其他",
-}
+
+@lru_cache(maxsize=1)
+def _ethnicity_by_name() -> dict[str, str]:
+    """民族 written as a name: 汉族, or without 族 as many exports do (汉, 维吾尔)."""
+    table = codes(CS_ETHNICITY)
+    return {name: code for code, name in table.items()} | {
+        name.removesuffix("族"): code for code, name in table.items() if name.endswith("族")}
 
 
 def _coding(system: str, code: str, display: str) -> dict[str, str]:
@@ -110,27 +97,28 @@ def _gender(row: Mapping[str, Any], errors: list[RowError]) -> tuple[str, str, s
     if not raw:
         return None
     code = _GENDER_TEXT.get(raw, raw)
-    if code not in GENDER:
+    target = translate(GENDER_MAP, CS_SEX, code) if code in codes(CS_SEX) else None
+    if target is None:
         errors.append(RowError("gender_code", raw, "gbt-2261.1",
                                "性别代码 must be a GB/T 2261.1 code: 0 未知的性别, 1 男, 2 女, "
                                "9 未说明的性别 (or 男/女); left out", "warning"))
         return None
-    display, fhir = GENDER[code]
-    return code, display, fhir
+    return code, codes(CS_SEX)[code], target["code"]
 
 
 def _ethnicity(row: Mapping[str, Any], errors: list[RowError]) -> Resource | None:
     raw = fold(row.get("ethnicity_code"))
     if not raw:
         return None
-    code = _ETHNICITY_BY_NAME.get(raw) or (raw.zfill(2) if is_digits(raw) else raw)
-    if code not in ETHNICITY:
+    code = _ethnicity_by_name().get(raw) or (raw.zfill(2) if is_digits(raw) else raw)
+    if code not in codes(CS_ETHNICITY):
         errors.append(RowError("ethnicity_code", raw, "gb-3304",
                                "民族 must be a GB 3304 code 01-56, 97 or 98 (01 汉族 … 56 "
                                "基诺族) or its name; left out", "warning"))
         return None
+    ethnicity = coding(CS_ETHNICITY, code)
     return {"url": EXT_ETHNICITY, "valueCodeableConcept": {
-        "coding": [_coding(CS_ETHNICITY, code, ETHNICITY[code])], "text": ETHNICITY[code]}}
+        "coding": [ethnicity], "text": ethnicity["display"]}}
 
 
 def _marital(row: Mapping[str, Any], errors: list[RowError]) -> Resource | None:
@@ -138,17 +126,16 @@ def _marital(row: Mapping[str, Any], errors: list[RowError]) -> Resource | None:
     if not raw:
         return None
     code = _MARITAL_SHORT.get(raw, raw)
-    if code not in MARITAL:
+    if code not in codes(CS_MARITAL):
         errors.append(RowError("marital_status_code", raw, "gbt-2261.2",
                                "婚姻状况 must be a GB/T 2261.2 code (10 未婚, 20 已婚, 21-23, "
                                "30 丧偶, 40 离婚, 90 其他) or the 首页 digit 1/2/3/4/9; left out",
                                "warning"))
         return None
-    display, v3 = MARITAL[code]
-    coding = [_coding(CS_MARITAL, code, display)]
-    if v3:
-        coding.append(_coding(V3_MARITAL, *v3))
-    return {"coding": coding, "text": display}
+    marital = coding(CS_MARITAL, code)
+    # 90 其他 has no v3 counterpart (the ConceptMap's UNK is inexact): the GB/T coding alone.
+    v3 = translate(MARITAL_MAP, CS_MARITAL, code)
+    return {"coding": [marital, v3] if v3 else [marital], "text": marital["display"]}
 
 
 def _telecoms(row: Mapping[str, Any], errors: list[RowError]) -> list[Resource]:
@@ -176,7 +163,7 @@ def _id_identifier(row: Mapping[str, Any], errors: list[RowError], gender: str |
     if not raw:
         return None
     id_type = id_type.zfill(2) if is_digits(id_type) else id_type
-    if id_type and id_type not in ID_TYPES:
+    if id_type and id_type not in codes(CS_ID_TYPE):
         errors.append(RowError("id_type_code", id_type, "cv02.01.101",
                                "身份证件类别 must be a CV02.01.101 code (01 居民身份证, 02 户口簿, "
                                "03 护照 … 99 其他); the 证件号码 was left out", "warning"))
@@ -184,9 +171,9 @@ def _id_identifier(row: Mapping[str, Any], errors: list[RowError], gender: str |
     if id_type and id_type != "01":
         # No national namespace exists for the other documents: keep the number with its type
         # only, so it is findable but never confused with a 居民身份证号.
+        document = coding(CS_ID_TYPE, id_type)
         return {"use": "secondary",
-                "type": {"coding": [_coding(CS_ID_TYPE, id_type, ID_TYPES[id_type])],
-                         "text": ID_TYPES[id_type]},
+                "type": {"coding": [document], "text": document["display"]},
                 "value": "".join(raw.split())}
     try:
         parsed = normalize_id_number(raw)
@@ -202,7 +189,7 @@ def _id_identifier(row: Mapping[str, Any], errors: list[RowError], gender: str |
         shown = mask_id(raw) if field == "birth_date" else fold(row.get(field))
         errors.append(problem.to_row_error(field, shown, "warning"))
     return {"use": "official",
-            "type": {"coding": [_coding(CS_ID_TYPE, "01", ID_TYPES["01"])]},
+            "type": {"coding": [coding(CS_ID_TYPE, "01")]},
             "system": OID_ID_CARD, "value": parsed.number}
 
 

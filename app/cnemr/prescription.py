@@ -38,7 +38,8 @@ Line level:
   7 q6h, 8 q8h, 9 qd, 10 qid, 11 qod, 12 qw, 13 st, 99 其他) or the abbreviation itself
   (tid, which CV06.00.228 lacks, included) → Timing.code (CV06.00.228 coding where it has one,
   v3 GTSAbbreviation where it has one, text always) and Timing.repeat (bid: 2 per 1 d,
-  q8h: 1 per 8 h, st: count 1, hs: when HS …). 99 其他 keeps the text only.
+  q8h: 1 per 8 h, st: count 1, hs: when HS …). 99 其他 gives its coding and no repeat. The
+  CV06.00.228 displays are those of its CodeSystem in fhir_profiles/ (`app.cnemr.terminology`).
 - `route` (yfCode): 用法 → dosageInstruction.route.text (the mapping file's values table turns
   a hospital's 用法 codes into words).
 - `quantity` (sl) and `quantity_unit` (dw): 发药数量 → dispenseRequest.quantity.
@@ -71,6 +72,7 @@ from app.cnemr.context import (
     prescription_line_resource_id,
 )
 from app.cnemr.errors import RowError, ValueRejected
+from app.cnemr.terminology import coding
 from app.cnemr.values import UCUM, fold, parse_datetime, parse_source_datetime
 from app.text import is_digits
 
@@ -154,8 +156,8 @@ def parse_frequency(text: str) -> tuple[dict[str, Any], str]:
     """(Timing, abbreviation) for a CV06.00.228 code or abbreviation; 99 其他 gives text only."""
     s = fold(text)
     if s in ("99", "其他"):
-        return {"code": {"coding": [{"system": CS_FREQUENCY, "code": "99", "display": "其他"}],
-                         "text": "其他"}}, "其他"
+        other = coding(CS_FREQUENCY, "99")
+        return {"code": {"coding": [other], "text": other["display"]}}, other["display"]
     abbr = _FREQUENCY_BY_CV.get(s.lstrip("0") or s) or _FREQUENCY_ALIASES.get(s.lower()) \
         or _FREQUENCY_ALIASES.get(s) or s.lower()
     frequency = FREQUENCIES.get(abbr)
@@ -166,7 +168,7 @@ def parse_frequency(text: str) -> tuple[dict[str, Any], str]:
                             "99 其他) or one of those abbreviations or tid; timing left out")
     codings: list[Resource] = []
     if frequency.cv:
-        codings.append({"system": CS_FREQUENCY, "code": frequency.cv, "display": abbr})
+        codings.append(coding(CS_FREQUENCY, frequency.cv))
     if frequency.gts:
         codings.append({"system": CS_GTS, "code": frequency.gts})
     return {"repeat": dict(frequency.repeat), "code": {"coding": codings, "text": abbr}}, abbr
@@ -305,9 +307,8 @@ def map_prescription(rows: Sequence[Mapping[str, Any]], hospital: Hospital
                                "处方类别 must be 西药/中成药 or 中药/草药/饮片; left out",
                                "warning", _row_of(rows, "prescription_type", kind)))
     elif kind:
-        code, display = ("C0005", "中药处方") if tcm else ("C0004", "西药处方")
-        common["category"].append({"coding": [{"system": CS_DOCUMENT_TYPE, "code": code,
-                                               "display": display}], "text": display})
+        document = coding(CS_DOCUMENT_TYPE, "C0005" if tcm else "C0004")  # 中药/西药处方
+        common["category"].append({"coding": [document], "text": document["display"]})
     common["subject"] = {"reference": "Patient/" + patient_resource_id(
         hospital, _first(rows, "patient_id"))}
     visit_no = _first(rows, "visit_no")

@@ -6,9 +6,9 @@ are folded with Unicode NFKC first) and either returns the FHIR form or raises
 a value that does not fit is rejected, and qualitative lab results stay text.
 
 - dates: YYYYMMDD, YYYYMMDD[T]HHMM[SS] (WS 363 DT15), YYYY-MM-DD, YYYY/MM/DD, YYYY.MM.DD,
-  YYYY年M月D日, each with an optional time HH:MM[:SS]; a time gets the hospital's zone (default +08:00) made
-  explicit, as FHIR dateTime requires a zone whenever a time is given. A zone the source
-  wrote itself (ISO 8601, e.g. 2026-11-20T08:30:00+08:00) is kept.
+  YYYY年M月D日, each with an optional time HH:MM[:SS]; a time gets the hospital's zone
+  (default +08:00) made explicit, as FHIR dateTime requires a zone whenever a time is given.
+  A zone the source wrote itself (ISO 8601, e.g. 2026-11-20T08:30:00+08:00) is kept.
 - amounts: 元 with at most two decimals → Money in CNY.
 - 居民身份证号: GB 11643-1999 via `app.samples.identity`; 15-digit numbers are upgraded, and
   the sex and birth date it encodes can be cross-checked against the recorded ones.

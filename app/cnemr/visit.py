@@ -14,7 +14,8 @@ data elements (values are the exported text; blank or missing means not recorded
 - `patient_id` (required): 院内患者ID → subject `Patient/<id>` as `app.cnemr.patient` keys it.
 - `visit_type_code` (required): 患者类型 CV09.00.404 (1 门诊, 2 急诊) → Encounter.type with the
   CV09.00.404 coding, and Encounter.class translated through the ConceptMap
-  `fhir_profiles/ConceptMap/cv09-00-404-to-v3-actcode.json` (AMB/EMER). A code the ConceptMap
+  cv09-00-404-to-v3-actcode of fhir_profiles/ (AMB/EMER, `app.cnemr.terminology`; code and
+  display from the CV09.00.404 CodeSystem there). A code the ConceptMap
   leaves unmatched (9 其他) or does not know is rejected: Encounter.class is required and this
   module does not guess it; the mapping file's `values` table may translate it first.
 - `department`: 挂号科室 → Encounter.serviceType.text.
@@ -40,11 +41,8 @@ the value is left out. Never raises on row content.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from app.cnemr.context import (
@@ -56,6 +54,7 @@ from app.cnemr.context import (
     registration_fee_resource_id,
 )
 from app.cnemr.errors import RowError, ValueRejected, per_row
+from app.cnemr.terminology import codes, translate
 from app.cnemr.values import fold, parse_amount, parse_datetime, parse_source_datetime
 from app.samples.hospital import (
     CS_ICD10,
@@ -68,52 +67,29 @@ from app.samples.hospital import (
 Resource = dict[str, Any]
 
 HL7_TERM = "http://terminology.hl7.org/CodeSystem/"
-CONCEPT_MAPS = Path(__file__).resolve().parents[2] / "fhir_profiles" / "ConceptMap"
-PATIENT_TYPE_MAP = CONCEPT_MAPS / "cv09-00-404-to-v3-actcode.json"
+PATIENT_TYPE_MAP = "https://fhir.yilian.cn/ConceptMap/cv09-00-404-to-v3-actcode"
 
-# CV09.00.404 患者类型 displays; the codes themselves come from the ConceptMap.
+# 患者类型 as exports write it in words; the codes and displays are the CodeSystem's.
 _PATIENT_TYPE_TEXT = {"门诊": "1", "急诊": "2", "住院": "3", "其他": "9"}
 # ICD-10 as the 国家临床版 writes it: letter, two digits, then an extension such as .900,
 # .x00x002 or .103 (the national extension codes).
 _ICD10 = re.compile(r"[A-Z][0-9]{2}(?:\.[0-9A-Za-z+*]{1,8})?")
 
 
-@lru_cache(maxsize=8)
-def concept_map_targets(path: Path) -> dict[tuple[str, str], tuple[str, Resource | None]]:
-    """(source system, code) → (source display, target Coding) of a ConceptMap; the target is
-    None where the ConceptMap says unmatched.
-
-    Only equivalent/equal/wider targets are taken: a translation that narrows or is inexact
-    would put a claim in Encounter.class that the source did not make.
-    """
-    data = json.loads(path.read_text(encoding="utf-8"))
-    out: dict[tuple[str, str], tuple[str, Resource | None]] = {}
-    for group in data.get("group", []):
-        for element in group.get("element", []):
-            target = next((t for t in element.get("target", []) if t.get("code") and
-                           t.get("equivalence") in ("equivalent", "equal", "wider")), None)
-            out[group["source"], element["code"]] = (
-                element.get("display", element["code"]),
-                None if target is None else {"system": group["target"], "code": target["code"],
-                                             "display": target.get("display", target["code"])})
-    return out
-
-
 def _visit_class(raw: str) -> tuple[Resource, Resource] | ValueRejected:
     """(Encounter.class Coding, CV09.00.404 Coding) for a 患者类型 code, or why not."""
     code = _PATIENT_TYPE_TEXT.get(raw, raw)
-    targets = concept_map_targets(PATIENT_TYPE_MAP)
-    key = (CS_PATIENT_TYPE, code)
-    if key not in targets:
+    patient_types = codes(CS_PATIENT_TYPE)
+    if code not in patient_types:
         return ValueRejected("cv09.00.404", "患者类型 must be a CV09.00.404 code (1 门诊, 2 急诊; "
                              "or 门诊/急诊); the registration was not imported")
-    display, target = targets[key]
+    target = translate(PATIENT_TYPE_MAP, CS_PATIENT_TYPE, code)
     if target is None:
         return ValueRejected("cv09.00.404-unmatched",
                              f"患者类型 {code} has no Encounter.class in ConceptMap "
                              "cv09-00-404-to-v3-actcode; translate it in the mapping file's "
                              "values table; the registration was not imported")
-    return target, {"system": CS_PATIENT_TYPE, "code": code, "display": display}
+    return target, {"system": CS_PATIENT_TYPE, "code": code, "display": patient_types[code]}
 
 
 def _condition(row: Mapping[str, Any], hospital: Hospital, visit_key: str, patient_ref: str,

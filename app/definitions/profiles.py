@@ -1,9 +1,10 @@
 """The CN conformance resources in `fhir_profiles/`: loaded at start-up, registered, served.
 
-StructureDefinitions, CodeSystems, ValueSets, ConceptMaps and SearchParameters there are the
-project's own definitions (see fhir_profiles/README.md). Their SearchParameters join the R4 ones
-in the registry, so they are indexed, searchable and listed in the CapabilityStatement like any
-other; the resources themselves are stored so that clients can read and search them.
+StructureDefinitions, CodeSystems, ValueSets, ConceptMaps, NamingSystems (the identifier
+namespaces) and SearchParameters there are the project's own definitions (see
+fhir_profiles/README.md). Their SearchParameters join the R4 ones in the registry, so they are
+indexed, searchable and listed in the CapabilityStatement like any other; the resources
+themselves are stored so that clients can read and search them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 from app.definitions.registry import Registry, SearchParamDef
 
-CONFORMANCE_TYPES = ("CodeSystem", "ValueSet", "ConceptMap", "StructureDefinition",
-                     "SearchParameter", "OperationDefinition")
+CONFORMANCE_TYPES = ("CodeSystem", "ValueSet", "ConceptMap", "NamingSystem",
+                     "StructureDefinition", "SearchParameter", "OperationDefinition")
 
 
 def load_profile_resources(folder: Path) -> list[dict[str, Any]]:

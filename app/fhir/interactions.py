@@ -145,8 +145,14 @@ class FhirService:
         return resource
 
     def validate(self, resource: dict[str, Any]) -> None:
+        """R4 validation of a resource about to be stored, and, when it declares CN profiles
+        of fhir_profiles/ in meta.profile, validation against each of them: a resource that
+        claims a CN profile is held to it on every write, through the API or an import."""
         issues = [i for i in validate_resource(resource, self.registry)
                   if i.severity in ("error", "fatal")]
+        if not issues:
+            issues = [i for i in self.profile_validator.declared_issues(resource)
+                      if i.severity in ("error", "fatal")]
         if issues:
             raise FhirError(422, [Issue(i.severity, i.code, i.diagnostics, tuple(i.expression))
                                   for i in issues])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +163,28 @@ class ProfileValidator:
                 self.value_sets[r["url"]] = r
         self._trees: dict[str, _Node | None] = {}
         self._expansions: dict[str, Codes | None] = {}
+        self._compiled: dict[str, Callable[[Any], list[Any]]] = {}
+
+    def compiled(self, expression: str) -> Callable[[Any], list[Any]]:
+        """An invariant's FHIRPath, parsed once (parsing costs far more than evaluating)."""
+        fn = self._compiled.get(expression)
+        if fn is None:
+            evaluate = fhirpathpy.compile(expression)
+            fn = self._compiled[expression] = lambda value: evaluate(value, {})
+        return fn
+
+    def declared_issues(self, resource: dict[str, Any]) -> list[Issue]:
+        """Issues against every CN profile the resource declares in meta.profile (profiles
+        this server does not know are the client's business and are not checked)."""
+        meta = resource.get("meta")
+        declared = meta.get("profile") if isinstance(meta, dict) else None
+        if not isinstance(declared, list):
+            return []
+        issues: list[Issue] = []
+        for url in declared:
+            if isinstance(url, str) and self.knows(url):
+                issues += self.validate(resource, url)
+        return issues
 
     def profiles_for(self, resource_type: str) -> list[str]:
         """Canonical URLs of the CN resource profiles constraining `resource_type`."""
@@ -335,7 +358,7 @@ class _Run:
         key = c.get("key", "?")
         severity = c.get("severity") if c.get("severity") in ("error", "warning") else "error"
         try:
-            result = fhirpathpy.evaluate(item.value, c["expression"])
+            result = self.v.compiled(c["expression"])(item.value)
         except Exception as e:  # a broken invariant is reported, not raised
             self.add("warning", "invariant", f"[{url}] invariant {key} could not be evaluated "
                      f"({type(e).__name__}); it was not checked", item.location)
