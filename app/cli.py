@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=_serve)
-    imp = sub.add_parser("import", help="import a hospital export (CSV in UTF-8/GBK/GB18030, "
-                         "JSON Lines) of a Chinese EMR dataset, or a whole daily export "
-                         "described by a manifest")
+    imp = sub.add_parser("import", help="import a hospital export (CSV/TSV in UTF-8, GBK or "
+                         "GB18030, XLSX, JSON Lines) of a Chinese EMR dataset, or a whole "
+                         "daily export described by a manifest")
     imp.add_argument("--dataset", choices=sorted(DATASET_NAMES))
     imp.add_argument("--mapping",
                      help="YAML column mapping (see app/cnemr/mappings/ for examples)")

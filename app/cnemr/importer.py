@@ -181,7 +181,7 @@ def read_rows(mapping: ColumnMapping, path: Path,
     name = str(path)
     rows: list[tuple[int, dict[str, str]]] = []
     try:
-        for line, record in read_records(path, mapping.encoding):
+        for line, record in read_records(path, mapping.encoding, mapping.sheet):
             report.rows_read += 1
             if isinstance(record, str):
                 report.rows_rejected += 1
@@ -248,7 +248,7 @@ def count_rows(paths: Iterable[Path], mapping: ColumnMapping) -> int:
     total = 0
     for path in paths:
         try:
-            total += sum(1 for _ in read_records(path, mapping.encoding))
+            total += sum(1 for _ in read_records(path, mapping.encoding, mapping.sheet))
         except SourceError:
             continue
     return total

@@ -1,8 +1,10 @@
 """A hospital's export layout, declared in a YAML mapping file (onboarding is a file, not code).
 
-    dataset: patient            # which mapper: patient | lab
+    dataset: patient            # which mapper: a dataset of app.cnemr.datasets (patient, lab,
+                                # visit, prescription, homepage, billing, staff, exam, …)
     description: 病案首页上传 (拼音首字母)
     encoding: auto              # auto (UTF-8, else GB18030 ⊇ GBK) | utf-8 | gbk | gb18030
+    sheet: 病案首页             # optional, .xlsx only: the worksheet to read (default: the first)
     columns:                    # source column → data element (or a list of them)
       XM: name
       XB: gender_code
@@ -10,7 +12,8 @@
     values:                     # optional: per data element, source value → standard value
       gender_code: {男: "1", 女: "2"}
 
-The canonical data elements are documented in `app.cnemr.patient` and `app.cnemr.lab`.
+The canonical data elements of each dataset are documented in its mapper module (the
+`map_rows` of its entry in `app.cnemr.datasets`) and listed in docs/cnemr-mapping.md.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class ColumnMapping:
     values: dict[str, dict[str, str]] = field(default_factory=dict)
     encoding: str = "auto"
     description: str = ""
+    sheet: str | None = None  # the worksheet of an .xlsx export; None: the first
 
     def source_column(self, element: str) -> str:
         """The source column that feeds a data element (for error reports)."""
@@ -44,7 +48,12 @@ class ColumnMapping:
         return element
 
     def apply(self, record: dict[str, Any]) -> dict[str, str]:
-        """A source record → a row keyed by canonical data elements, values translated."""
+        """A source record → a row keyed by canonical data elements, values translated.
+
+        When several columns feed one element (门诊费用金额 and 住院费用金额 → total_amount),
+        the first of them in the mapping file that is not blank gives the value; a blank cell
+        never overwrites a value another column gave.
+        """
         row: dict[str, str] = {}
         for column, elements in self.columns.items():
             raw = record.get(column)
@@ -52,6 +61,8 @@ class ColumnMapping:
                 continue
             text = str(raw).strip()
             for element in elements:
+                if row.get(element):
+                    continue
                 translated = self.values.get(element, {}).get(text)
                 row[element] = translated if translated is not None else text
         return row
@@ -86,10 +97,16 @@ def load_mapping(path: Path, known_elements: dict[str, frozenset[str]]) -> Colum
     encoding = str(data.get("encoding", "auto")).lower()
     if encoding not in ENCODINGS:
         raise MappingError(f"{path}: encoding must be one of {', '.join(ENCODINGS)}")
+    sheet = data.get("sheet")
+    if sheet is not None and (isinstance(sheet, bool) or not isinstance(sheet, str | int)
+                              or not str(sheet).strip()):
+        raise MappingError(f"{path}: sheet must be the name of the worksheet to read, as Excel "
+                           "shows it on the sheet tab (leave it out to read the first sheet)")
     return ColumnMapping(
         dataset=dataset,
         columns=targets,
         values={str(e): {str(k): str(v) for k, v in t.items()} for e, t in values.items()},
         encoding=encoding,
         description=str(data.get("description", "")),
+        sheet=None if sheet is None else str(sheet).strip(),
     )

@@ -216,3 +216,11 @@ def test_import_cn_operation_imports_over_http_and_reports_rejections(tmp_path: 
                 "definition": "https://fhir.yilian.cn/OperationDefinition/import-cn"} in \
             cs["rest"][0]["operation"]
         assert client.get("/fhir/OperationDefinition/import-cn").status_code == 200
+
+
+def test_a_blank_column_never_overwrites_what_another_column_gave_the_same_element() -> None:
+    mapping = load_mapping(MAPPINGS / "billing-his.yaml", DATA_ELEMENTS)
+    two = type(mapping)(mapping.dataset, {"mzfy": ("total_amount",), "zyfy": ("total_amount",)})
+    assert two.apply({"mzfy": "100.00", "zyfy": ""})["total_amount"] == "100.00"
+    assert two.apply({"mzfy": "", "zyfy": "2380.50"})["total_amount"] == "2380.50"
+    assert two.apply({"mzfy": "", "zyfy": ""})["total_amount"] == ""

@@ -5,8 +5,11 @@
       mapping      valueString   a shipped mapping name (app/cnemr/mappings/<name>.yaml) or the
                                  YAML text of the hospital's own mapping file
       hospitalOid  valueOid/valueString   the hospital's organisation OID
-      file         valueAttachment (1..*)  contentType text/csv or application/x-ndjson,
-                                 data base64, title the file name (used in the report)
+      file         valueAttachment (1..*)  contentType text/csv, text/tab-separated-values,
+                                 application/x-ndjson or (Excel .xlsx, first worksheet or the
+                                 mapping's `sheet`) application/vnd.openxmlformats-
+                                 officedocument.spreadsheetml.sheet; data base64, title the file
+                                 name (used in the report)
 
 Answers a Parameters resource: rowsRead, rowsImported, rowsRejected, resourcesWritten and one
 `rejection` part per problem (file, line, column, value, rule, severity, message). The same
@@ -31,9 +34,10 @@ from app.fhir.outcome import error
 from app.pipeline.hooks import Interaction
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "cnemr" / "mappings"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 SUFFIX = {"text/csv": ".csv", "text/tab-separated-values": ".tsv",
           "application/x-ndjson": ".jsonl", "application/fhir+ndjson": ".jsonl",
-          "application/jsonl": ".jsonl"}
+          "application/jsonl": ".jsonl", XLSX: ".xlsx"}
 
 
 async def import_cn_operation(svc: FhirService, call: Call, body: bytes | None) -> Result:
