@@ -20,7 +20,8 @@ Settlement level (all rows of a settlement must agree; a blank cell is not a dis
   first positive 挂号费 line of a 门诊 settlement takes `registration_fee_resource_id`, so it
   and the 挂号 mapper's 挂号费 ChargeItem are one resource, not a double charge.
   住院号 (or patient_type 3) makes the Claim `institutional`, otherwise `professional` (门急诊).
-- `patient_type`: 患者类型 CV09.00.404 (1 门诊, 2 急诊, 3 住院).
+- `patient_type`: 患者类型 CV09.00.404 (1 门诊, 2 急诊, 3 住院, 9 其他; zero-padded 01 … or
+  the words 门诊/急诊/住院/其他); anything else is a warning and is left out.
 - `invoice_no`: 发票号 → Invoice.identifier `urn:oid:<OID>.invoice`.
 - `settlement_time` (required): 结算日期 → Invoice.date, Claim/ClaimResponse.created,
   ChargeItem.enteredDate.
@@ -79,6 +80,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 from app.cnemr.context import (
+    CN_CLAIM,
     Hospital,
     admission_visit_key,
     encounter_resource_id,
@@ -91,6 +93,7 @@ from app.cnemr.context import (
 from app.cnemr.errors import RowError, ValueRejected
 from app.cnemr.terminology import codes, translate
 from app.cnemr.values import fold, parse_amount, parse_date, parse_datetime
+from app.samples.hospital import CS_PATIENT_TYPE
 from app.text import is_digits
 
 Resource = dict[str, Any]
@@ -100,7 +103,6 @@ ADJUDICATION = HL7_TERM + "adjudication"
 SETTLEMENT_COMPONENT = "https://fhir.yilian.cn/CodeSystem/cn-settlement-component"
 EXT_FEE_CATEGORY = "https://fhir.yilian.cn/StructureDefinition/fee-category"
 EXT_PAYMENT_METHOD = "https://fhir.yilian.cn/StructureDefinition/payment-method"
-CN_CLAIM = "https://fhir.yilian.cn/StructureDefinition/cn-claim"
 # 医保结算流水号 are issued by the 医保 information platform, not the hospital; no national
 # namespace was found, so Yilian names one.
 INSURANCE_SETTLEMENT_SYSTEM = "https://fhir.yilian.cn/NamingSystem/cn-medical-insurance-settlement"
@@ -109,8 +111,7 @@ CS_PAYMENT_METHOD = "urn:oid:2.16.156.10011.2.3.1.269"  # 医疗付费方式 CV0
 
 CENT = TOLERANCE = Decimal("0.01")
 
-# CV02.01.204 医疗保险类别, code → display: the CodeSystem of fhir_profiles/ (kept under this
-# name because other mappers import it).
+# CV02.01.204 医疗保险类别, code → display: the CodeSystem of fhir_profiles/.
 INSURANCE_TYPES: Mapping[str, str] = codes(CS_INSURANCE_TYPE)
 # CV02.01.204 → CV07.10.005 医疗付费方式 where the two tables name the same scheme.
 INSURANCE_TO_PAYMENT_MAP = "https://fhir.yilian.cn/ConceptMap/cv02-01-204-to-cv07-10-005"
@@ -160,6 +161,27 @@ def _first(rows: Sequence[Mapping[str, Any]], key: str) -> str:
     return next((fold(r.get(key)) for r in rows if fold(r.get(key))), "")
 
 
+# 患者类型 as exports write it in words; the codes are those of the CV09.00.404 CodeSystem.
+_PATIENT_TYPE_TEXT = {"门诊": "1", "急诊": "2", "住院": "3", "其他": "9"}
+
+
+def _patient_type(rows: Sequence[Mapping[str, Any]], errors: list[RowError]) -> str | None:
+    """The CV09.00.404 code of the settlement's 患者类型 (1 门诊, 2 急诊, 3 住院, 9 其他; also
+    zero-padded, 03, or in words), None when blank or not such a code (reported)."""
+    raw = _first(rows, "patient_type")
+    if not raw:
+        return None
+    code = _PATIENT_TYPE_TEXT.get(raw) or (raw.lstrip("0") or raw if is_digits(raw) else raw)
+    if code not in codes(CS_PATIENT_TYPE):
+        errors.append(RowError(
+            "patient_type", raw, "cv09.00.404",
+            "患者类型 must be a CV09.00.404 code (1 门诊, 2 急诊, 3 住院, 9 其他) or its name; "
+            "left out, so the Claim is institutional only when a 住院号 is given",
+            "warning", next(i for i, r in enumerate(rows) if fold(r.get("patient_type")) == raw)))
+        return None
+    return code
+
+
 def _money(value: Decimal) -> Resource:
     return {"value": int(value) if value == value.to_integral_value() else float(value),
             "currency": "CNY"}
@@ -171,6 +193,8 @@ def _amount(row: Mapping[str, Any], key: str, index: int, errors: list[RowError]
     if not raw:
         return None
     try:
+        if key == "unit_price":  # 中药饮片 and consumables are priced to 0.1 分 and finer
+            return Decimal(str(parse_amount(raw, 4)["value"]))
         return Decimal(str(parse_amount(raw)["value"])).quantize(CENT)
     except ValueRejected as exc:
         errors.append(RowError(key, raw, exc.rule, f"{_amount_name(key)}: {exc.message}",
@@ -497,12 +521,12 @@ def _resources(rows: Sequence[Mapping[str, Any]], hospital: Hospital, settlement
         "totalGross": _money(total),
     }
     resources = [*charge_items, account, invoice]
+    patient_type = _patient_type(rows, errors)
     if coverage is None:
         return resources
 
     claim_id = stable_id("clm", hospital, settlement_id)
-    claim_type = "institutional" if inpatient_no or _first(rows, "patient_type") == "3" \
-        else "professional"
+    claim_type = "institutional" if inpatient_no or patient_type == "3" else "professional"
     claim: Resource = {
         "resourceType": "Claim",
         "id": claim_id,

@@ -55,9 +55,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from app.cnemr.billing import CS_INSURANCE_TYPE, INSURANCE_TYPES
-from app.cnemr.context import Hospital, patient_resource_id, stable_id
+from app.cnemr.billing import CS_INSURANCE_TYPE
+from app.cnemr.context import CN_COVERAGE, Hospital, patient_resource_id, stable_id
 from app.cnemr.errors import RowError, ValueRejected, per_row
+from app.cnemr.terminology import codes
 from app.cnemr.values import fold, parse_date
 from app.text import is_digits
 
@@ -67,7 +68,6 @@ HL7_TERM = "http://terminology.hl7.org/CodeSystem/"
 OID_HEALTH_CARD = "urn:oid:2.16.156.10011.1.19"  # 居民健康卡号
 SOCIAL_SECURITY_CARD_SYSTEM = "https://fhir.yilian.cn/NamingSystem/cn-social-security-card"
 INSURANCE_AREA_SYSTEM = "https://fhir.yilian.cn/NamingSystem/cn-insurance-area"
-CN_COVERAGE = "https://fhir.yilian.cn/StructureDefinition/cn-coverage"
 DEFAULT_INSURER = "医疗保障经办机构"
 
 CARD_TYPES: dict[str, str] = {"health": "居民健康卡", "social-security": "社会保障卡",
@@ -86,7 +86,9 @@ _STATUS_NAMES = {"有效": "active", "正常": "active", "在用": "active", "�
                  "退卡": "cancelled"}
 _NO_END = frozenset({"长期", "长期有效", "永久", "永久有效"})
 
-_INSURANCE_BY_NAME = {name: code for code, name in INSURANCE_TYPES.items()} | {
+# 医疗保险类别 as exports write it in words; the codes and displays are those of the CV02.01.204
+# CodeSystem of fhir_profiles/ (`app.cnemr.terminology`).
+_INSURANCE_ALIASES = {
     "城镇职工": "1", "职工医保": "1", "城镇居民": "2", "居民医保": "2", "城乡居民": "2",
     "新农合": "3", "公务员补助": "4", "企业补充": "5", "大额补充": "6", "商业保险": "7"}
 
@@ -130,8 +132,10 @@ def parse_card_status(text: str) -> str:
 
 
 def _insurance_type(raw: str, errors: list[RowError]) -> Resource | None:
-    code = _INSURANCE_BY_NAME.get(raw) or (raw.lstrip("0") or raw if is_digits(raw) else raw)
-    if code not in INSURANCE_TYPES:
+    table = codes(CS_INSURANCE_TYPE)
+    by_name = {name: code for code, name in table.items()} | _INSURANCE_ALIASES
+    code = by_name.get(raw) or (raw.lstrip("0") or raw if is_digits(raw) else raw)
+    if code not in table:
         errors.append(RowError("insurance_type", raw, "cv02.01.204",
                                "医疗保险类别 must be a CV02.01.204 code (1 城镇职工, "
                                "2 城镇居民, 3 新农合, 4 公务员补助, 5 企业补充, 6 大额补充, "
@@ -139,7 +143,7 @@ def _insurance_type(raw: str, errors: list[RowError]) -> Resource | None:
                                "warning"))
         return {"text": raw}
     return {"coding": [{"system": CS_INSURANCE_TYPE, "code": code,
-                        "display": INSURANCE_TYPES[code]}], "text": INSURANCE_TYPES[code]}
+                        "display": table[code]}], "text": table[code]}
 
 
 def _period(row: Mapping[str, Any], errors: list[RowError]) -> Resource:

@@ -11,6 +11,22 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+# Canonical URLs of the CN resource profiles of fhir_profiles/StructureDefinition/. A mapper
+# declares the one its resource conforms to in meta.profile, and the server then holds the
+# resource to it on every write (REST and import).
+PROFILE_BASE = "https://fhir.yilian.cn/StructureDefinition/"
+CN_PATIENT = PROFILE_BASE + "cn-patient"
+CN_ENCOUNTER = PROFILE_BASE + "cn-encounter"
+CN_CONDITION = PROFILE_BASE + "cn-condition"
+CN_OBSERVATION_LAB = PROFILE_BASE + "cn-observation-lab"
+CN_DIAGNOSTIC_REPORT = PROFILE_BASE + "cn-diagnostic-report"
+CN_MEDICATION_REQUEST = PROFILE_BASE + "cn-medication-request"
+CN_PROCEDURE = PROFILE_BASE + "cn-procedure"
+CN_COMPOSITION = PROFILE_BASE + "cn-composition"
+CN_CLAIM = PROFILE_BASE + "cn-claim"
+CN_COVERAGE = PROFILE_BASE + "cn-coverage"
+CN_DOCUMENT_REFERENCE = PROFILE_BASE + "cn-document-reference"
+
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _ZONE = re.compile(r"[+-](0[0-9]|1[0-3]):[0-5][0-9]|\+14:00")
 

@@ -46,7 +46,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         "ethnicity_code", "marital_status_code", "phone", "address", "medical_record_no"}),
         None, per_row(patient.map_patient)),
     Dataset("lab", frozenset({
-        "report_id", "patient_id", "visit_id", "item_code", "item_name", "result", "unit",
+        "report_id", "patient_id", "visit_id", "visit_no", "visit_date", "item_code",
+        "item_name", "result", "unit",
         "reference_range", "abnormal_flag", "specimen_no", "panel_code", "panel_name",
         "collected_time", "test_time", "report_time", "department", "doctor"}),
         "report_id", lab.map_lab_rows),

@@ -92,6 +92,9 @@ from html import escape
 from typing import Any
 
 from app.cnemr.context import (
+    CN_COMPOSITION,
+    CN_CONDITION,
+    CN_DOCUMENT_REFERENCE,
     Hospital,
     admission_visit_key,
     encounter_resource_id,
@@ -108,10 +111,6 @@ from app.text import is_digits
 
 Resource = dict[str, Any]
 
-PROFILE_BASE = "https://fhir.yilian.cn/StructureDefinition/"
-CN_COMPOSITION = PROFILE_BASE + "cn-composition"
-CN_CONDITION = PROFILE_BASE + "cn-condition"
-CN_DOCUMENT_REFERENCE = PROFILE_BASE + "cn-document-reference"
 OID_DOCUMENT_NO = "urn:oid:2.16.156.10011.1.1"  # 文档流水号
 CS_DOCUMENT_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
 

@@ -64,7 +64,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from app.cnemr.context import Hospital, encounter_resource_id, patient_resource_id, stable_id
+from app.cnemr.context import (
+    CN_DIAGNOSTIC_REPORT,
+    Hospital,
+    encounter_resource_id,
+    patient_resource_id,
+    stable_id,
+)
 from app.cnemr.errors import RowError, ValueRejected
 from app.cnemr.values import fold, parse_datetime, parse_instant
 
@@ -74,7 +80,6 @@ HL7_TERM = "http://terminology.hl7.org/CodeSystem/"
 LOINC = "http://loinc.org"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 OID_EXAM_REPORT_NO = "urn:oid:2.16.156.10011.1.32"  # 检查报告单号
-CN_DIAGNOSTIC_REPORT = "https://fhir.yilian.cn/StructureDefinition/cn-diagnostic-report"
 EXT_BODY_SITE = "http://hl7.org/fhir/StructureDefinition/bodySite"  # R4 core extension
 
 # DICOM PS3.16 CID 29 acquisition modalities (and a few more) with their DCM displays.

@@ -75,6 +75,12 @@ from typing import Any
 
 from app.cnemr import patient
 from app.cnemr.context import (
+    CN_CLAIM,
+    CN_COMPOSITION,
+    CN_CONDITION,
+    CN_ENCOUNTER,
+    CN_OBSERVATION_LAB,
+    CN_PROCEDURE,
     Hospital,
     admission_visit_key,
     encounter_resource_id,
@@ -289,7 +295,8 @@ def _admission_condition(r: _Row, field: str) -> Resource | None:
 
 def _condition(ctx: _Context, part: str, coding: dict[str, str], text: str,
                extensions: list[Resource]) -> Resource:
-    condition: Resource = {"resourceType": "Condition", "id": ctx.rid("cond", part)}
+    condition: Resource = {"resourceType": "Condition", "id": ctx.rid("cond", part),
+                           "meta": {"profile": [CN_CONDITION]}}
     if extensions:
         condition["extension"] = extensions
     condition.update({
@@ -386,7 +393,8 @@ def _procedures(r: _Row, ctx: _Context) -> list[Resource]:
         coding = {"system": CS_ICD9CM3, "version": ICD9CM3_VERSION, "code": code}
         if name:
             coding["display"] = name
-        procedure: Resource = {"resourceType": "Procedure", "id": ctx.rid("proc", str(n))}
+        procedure: Resource = {"resourceType": "Procedure", "id": ctx.rid("proc", str(n)),
+                               "meta": {"profile": [CN_PROCEDURE]}}
         levels = codes(CS_OPERATION_LEVEL)
         level = r.coded(fields["operation_level"], levels, "cv05.10.024", "手术级别",
                         _LEVEL_TEXT | {v: k for k, v in levels.items()})
@@ -430,6 +438,10 @@ def _blood_group(r: _Row, ctx: _Context, field: str) -> Resource | None:
     loinc = ("883-9", "ABO group [Type] in Blood") if abo else ("10331-7", "Rh [Type] in Blood")
     return {
         "resourceType": "Observation", "id": ctx.rid("obs", "abo" if abo else "rh"),
+        # A 血型 is a blood bank laboratory result (LOINC class BLDBK) with a coded value:
+        # it meets cn-observation-lab (laboratory category, subject), whose Quantity rules
+        # do not apply to a valueCodeableConcept.
+        "meta": {"profile": [CN_OBSERVATION_LAB]},
         "status": "final", "category": [_LABORATORY],
         "code": {"coding": [_coding(LOINC, *loinc)], "text": "ABO血型" if abo else "Rh血型"},
         "subject": ctx.patient_ref, "encounter": ctx.encounter_ref,
@@ -490,7 +502,7 @@ def _day(fhir_datetime: str) -> date:
 def _encounter(r: _Row, ctx: _Context, admission_no: str, count: int, start: str, end: str,
                diagnoses: list[tuple[Resource, int | None]]) -> Resource:
     encounter: Resource = {"resourceType": "Encounter", "id": ctx.encounter_ref["reference"]
-                           .removeprefix("Encounter/")}
+                           .removeprefix("Encounter/"), "meta": {"profile": [CN_ENCOUNTER]}}
     payment = _payment_method(r)
     if payment:
         encounter["extension"] = [payment]
@@ -563,7 +575,8 @@ def _claim(r: _Row, ctx: _Context, admission_no: str, count: int,
     if total is None and self_paid is None and not items:
         return None
     method = payment["valueCodeableConcept"]["text"] if payment else "医疗付费方式未记录"
-    claim: Resource = {"resourceType": "Claim", "id": ctx.rid("claim", "costs")}
+    claim: Resource = {"resourceType": "Claim", "id": ctx.rid("claim", "costs"),
+                       "meta": {"profile": [CN_CLAIM]}}
     if payment:
         claim["extension"] = [payment]
     claim.update({
@@ -600,6 +613,7 @@ def _composition(r: _Row, ctx: _Context, tcm: bool, sections: list[tuple[str, li
     author = r.get("attending_doctor") or r.get("discharge_department") or "病案科"
     return {
         "resourceType": "Composition", "id": ctx.rid("comp", code),
+        "meta": {"profile": [CN_COMPOSITION]},
         "status": "final",
         "type": document,
         "subject": ctx.patient_ref, "encounter": ctx.encounter_ref,

@@ -6,15 +6,21 @@ elements (values are the exported text; blank or missing means not recorded):
 - `report_id` (required): 检验报告单号 → DiagnosticReport.identifier urn:oid:2.16.156.10011.1.33;
   keys the DiagnosticReport id, and with `item_code` each Observation id.
 - `patient_id` (required): 院内患者ID → subject `Patient/<id>`, the id `app.cnemr.patient`
-  gives the same patient. All rows of a report must agree on it.
-- `visit_id`: the visit key (就诊流水号, or 门诊号 + date where 门诊号 recycles) → encounter.
-  All rows of a report must agree on it.
+  gives the same patient.
+- `visit_id`: the visit key (就诊流水号; `context.admission_visit_key` for a 住院) → encounter.
+- `visit_no`: 门(急)诊号, and `visit_date`: 就诊日期 (default: the day of `collected_time`) →
+  encounter, the 挂号 Encounter of `app.cnemr.visit` (`context.outpatient_visit_key`), as
+  `app.cnemr.prescription` links it. Used when `visit_id` is blank; a `visit_id` naming
+  another visit wins, and the disagreement is reported.
 - `item_code` (required): 检验项目代码 (LIS ItemNo) → code in `Hospital.lis_item_system`, plus
   LOINC for the 血常规/肝功能/肾功能 items of `app.samples.hospital.ANALYTES` when the unit is
   the one the LOINC code is defined for (μmol/L creatinine is 14682-9, never mg/dL's 2160-0).
 - `item_name`: 检验项目名称 → code.text (and display of the local coding).
 - `result` (required): 检验结果 → valueQuantity (numbers, '<0.5') or valueString (阴性, +, …).
-- `unit`: 单位 → Quantity.unit as printed, UCUM code when known.
+- `unit`: 单位 → Quantity.unit as printed, with its UCUM code. The CN lab profile requires a
+  UCUM code on every valueQuantity: a number printed without a unit is dimensionless (pH,
+  比重, INR, ratios) and gets UCUM `1`; a number whose unit has no UCUM code here is kept as
+  printed in valueString ('12 毫米/小时'), with a warning.
 - `reference_range`: 参考范围 → referenceRange (low/high where numeric, text always).
 - `abnormal_flag`: 异常标志 (H/L/N, 高/低, ↑/↓) → interpretation.
 - `specimen_no`: 标本编号 (Barcode / SampleNo) → specimen, a logical reference by identifier
@@ -26,8 +32,16 @@ elements (values are the exported text; blank or missing means not recorded):
 - `department`: 检验科室 → DiagnosticReport.performer (display).
 - `doctor`: 报告医生 → DiagnosticReport.resultsInterpreter (display).
 
-R4 has no element on Observation that points at its DiagnosticReport; the link is
-DiagnosticReport.result.
+Report level: every element above except the item's own (`item_code`, `item_name`, `result`,
+`unit`, `reference_range`, `abnormal_flag`) belongs to the report, and all rows of a report
+must agree on it (a blank cell is not a disagreement: report-level values are often on one row
+only). Rows that disagree reject the whole report, with an error on each row naming the column
+and the values, since taking either value would file results under a wrong patient, visit,
+specimen or time.
+
+Observations declare cn-observation-lab and the report cn-diagnostic-report (meta.profile), so
+the server holds them to those profiles on every write. R4 has no element on Observation that
+points at its DiagnosticReport; the link is DiagnosticReport.result.
 """
 
 from __future__ import annotations
@@ -36,20 +50,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from app.cnemr.context import (
+    CN_DIAGNOSTIC_REPORT,
+    CN_OBSERVATION_LAB,
     Hospital,
     encounter_resource_id,
     lab_observation_resource_id,
     lab_report_resource_id,
+    outpatient_visit_key,
     patient_resource_id,
 )
 from app.cnemr.errors import RowError, ValueRejected
 from app.cnemr.values import (
+    LabValue,
     fold,
     parse_datetime,
     parse_flag,
     parse_instant,
     parse_lab_result,
     parse_reference_range,
+    parse_source_datetime,
     ucum_code,
 )
 from app.samples.hospital import ANALYTES, LOINC, OID_LAB_REPORT_NO, PANELS, Analyte
@@ -58,6 +77,7 @@ Resource = dict[str, Any]
 
 HL7_TERM = "http://terminology.hl7.org/CodeSystem/"
 OID_SPECIMEN_NO = "urn:oid:2.16.156.10011.1.14"  # 标本编号
+UCUM = "http://unitsofmeasure.org"
 
 # LIS item codes differ between vendors; these are the spellings seen for the sample analytes.
 _ALIASES = {"CREA": "Cr", "CRE": "Cr", "CR": "Cr", "SCR": "Cr", "UREA": "BUN", "URE": "BUN",
@@ -68,7 +88,13 @@ _BY_CODE: dict[str, Analyte] = {code.upper(): a for code, a in ANALYTES.items()}
 _BY_NAME: dict[str, Analyte] = {a.name: a for a in ANALYTES.values()} | {
     "尿素氮": ANALYTES["BUN"], "谷丙转氨酶": ANALYTES["ALT"], "谷草转氨酶": ANALYTES["AST"]}
 
-_REPORT_KEYS = ("patient_id", "visit_id")
+# The report-level data elements, with the names a hospital's export gives them.
+_REPORT_NAMES = {"patient_id": "院内患者ID", "visit_id": "就诊流水号", "visit_no": "门(急)诊号",
+                 "visit_date": "就诊日期", "specimen_no": "标本编号",
+                 "panel_code": "检验组合代码", "panel_name": "检验组合名称",
+                 "collected_time": "采样时间", "test_time": "检验时间", "report_time": "报告时间",
+                 "department": "检验科室", "doctor": "报告医生"}
+_TIME_KEYS = frozenset({"visit_date", "collected_time", "test_time", "report_time"})
 
 
 def loinc_for(item_code: str, item_name: str, unit_text: str) -> Analyte | None:
@@ -113,6 +139,105 @@ def _first(rows: Sequence[tuple[int, Mapping[str, Any]]], key: str) -> str:
     return next((fold(r.get(key)) for _, r in rows if fold(r.get(key))), "")
 
 
+def _same_value(key: str, raw: str) -> str:
+    """What a report-level cell means, for comparing rows: a time written two ways
+    ('2026/11/20 07:42', '20261120074200') is one time."""
+    if key in _TIME_KEYS:
+        try:
+            return str(parse_source_datetime(raw))
+        except ValueRejected:
+            return raw
+    return raw
+
+
+def _consistency(rows: Sequence[tuple[int, Mapping[str, Any]]], report_id: str
+                 ) -> list[RowError]:
+    """An error on every row of a report whose rows disagree on a report-level element,
+    naming the element and the values."""
+    errors: list[RowError] = []
+    for key, name in _REPORT_NAMES.items():
+        values: dict[str, str] = {}  # meaning → the first spelling of it, in row order
+        for _, r in rows:
+            raw = fold(r.get(key))
+            if raw:
+                values.setdefault(_same_value(key, raw), raw)
+        if len(values) < 2:
+            continue
+        spellings = list(values.values())
+        for index, r in rows:
+            raw = fold(r.get(key))
+            if raw:
+                own = values[_same_value(key, raw)]
+                other = next(v for v in spellings if v != own)
+                message = (f"{name} ({key}) {raw!r} on this row disagrees with {other!r} on "
+                           f"another row of 检验报告单 {report_id}")
+            else:
+                message = (f"rows of 检验报告单 {report_id} disagree on {name} ({key}): "
+                           + " vs ".join(repr(v) for v in spellings))
+            errors.append(RowError(key, raw, "report-consistency",
+                                   message + "; the whole report was not imported: correct the "
+                                   "export and import the report again", "error", index))
+    return errors
+
+
+def _encounter(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hospital,
+               errors: list[RowError]) -> Resource | None:
+    """The reference to the report's Encounter: by `visit_id`, or else by 门(急)诊号 and 就诊日期
+    (default: the 采样 day) as `app.cnemr.prescription` links its 处方."""
+    visit_id, visit_no = _first(rows, "visit_id"), _first(rows, "visit_no")
+    visit_key = ""
+    if visit_no:
+        day = ""
+        for key in ("visit_date", "collected_time"):
+            raw = _first(rows, key)
+            if raw and not day:
+                try:
+                    day = parse_source_datetime(raw).day.isoformat()
+                except ValueRejected as exc:
+                    if key == "visit_date":
+                        errors.append(exc.to_row_error(key, raw, "warning", _row_of(rows, key)))
+        if day:
+            visit_key = outpatient_visit_key(visit_no, day)
+        elif not visit_id:
+            errors.append(RowError(
+                "visit_date", _first(rows, "visit_date"), "visit-date-required",
+                f"门(急)诊号 {visit_no} needs a 就诊日期 (or a 采样时间) to name the visit, as "
+                "门诊号 recycle; imported without a link to the Encounter", "warning",
+                _row_of(rows, "visit_no")))
+    if visit_id and visit_key and visit_key != visit_id:
+        errors.append(RowError(
+            "visit_no", visit_no, "visit-key-conflict",
+            f"就诊流水号 {visit_id} and 门(急)诊号 {visit_no} + 就诊日期 ({visit_key}) name "
+            "different visits; linked to the Encounter of the 就诊流水号", "warning",
+            _row_of(rows, "visit_no")))
+    key = visit_id or visit_key
+    if not key:
+        return None
+    return {"reference": "Encounter/" + encounter_resource_id(hospital, key)}
+
+
+def _row_of(rows: Sequence[tuple[int, Mapping[str, Any]]], key: str) -> int:
+    return next((i for i, r in rows if fold(r.get(key))), rows[0][0])
+
+
+def _conformant_value(value: LabValue, printed: str, unit: str, index: int,
+                      errors: list[RowError]) -> Resource:
+    """value[x] as cn-observation-lab takes it: a valueQuantity always with a UCUM code."""
+    q = value.element.get("valueQuantity")
+    if q is None or "code" in q:
+        return value.element
+    if not unit:
+        return {"valueQuantity": {**q, "system": UCUM, "code": "1"}}
+    if value.printed_flag:
+        printed = printed.removesuffix(value.printed_flag).strip()
+    text = f"{printed} {unit}"
+    errors.append(RowError("unit", unit, "ucum-unknown",
+                           "unit has no UCUM code here and the CN lab profile requires one on a "
+                           f"numeric result; the result was kept as printed text ({text!r})",
+                           "warning", index))
+    return {"valueString": text}
+
+
 def _times(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hospital,
            errors: list[RowError]) -> tuple[str | None, str | None]:
     effective = issued = None
@@ -146,17 +271,14 @@ def _observation(index: int, row: Mapping[str, Any], hospital: Hospital, report_
     obs: Resource = {
         "resourceType": "Observation",
         "id": lab_observation_resource_id(hospital, report_id, item_code),
+        "meta": {"profile": [CN_OBSERVATION_LAB]},
         "status": "final",
         "category": [{"coding": [{"system": HL7_TERM + "observation-category",
                                   "code": "laboratory", "display": "Laboratory"}]}],
         "code": _item_code(row, hospital),
         **common,
-        **value.element,
+        **_conformant_value(value, fold(row.get("result")), unit, index, errors),
     }
-    if unit and ucum_code(unit) is None and "valueQuantity" in value.element:
-        errors.append(RowError("unit", unit, "ucum-unknown",
-                               "unit has no UCUM mapping here; kept as printed text only",
-                               "warning", index))
     flag_text = fold(row.get("abnormal_flag")) or value.printed_flag
     if flag_text:
         try:
@@ -178,7 +300,7 @@ def map_lab_report(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hosp
                    ) -> tuple[list[Resource], list[RowError]]:
     """The (index, row) pairs of one 检验报告单 → Observations then their DiagnosticReport.
 
-    The whole report is rejected if its rows disagree on the patient or the visit (a blank
+    The whole report is rejected if its rows disagree on a report-level element (a blank
     cell is not a disagreement: report-level values are often on one row only); a single
     item is rejected if it has no code or no result, or repeats an item with a different result
     (an identical repeat is reported and imported once). Never raises on row content.
@@ -188,13 +310,9 @@ def map_lab_report(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hosp
     if not rows or not report_id:
         return [], [RowError("report_id", "", "required", "检验报告单号 is required", "error",
                              rows[0][0] if rows else None)]
-    for key in _REPORT_KEYS:
-        values = {fold(r.get(key)) for _, r in rows} - {""}
-        if len(values) > 1:
-            return [], [RowError(key, fold(r.get(key)), "report-consistency",
-                                 f"rows of 检验报告单 {report_id} disagree on {key} "
-                                 f"({len(values)} different values); the report was not imported",
-                                 "error", i) for i, r in rows]
+    disagreements = _consistency(rows, report_id)
+    if disagreements:
+        return [], disagreements
     patient_id = _first(rows, "patient_id")
     if not patient_id:
         return [], [RowError("patient_id", "", "required",
@@ -203,10 +321,9 @@ def map_lab_report(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hosp
 
     common: Resource = {"subject": {"reference": "Patient/" + patient_resource_id(
         hospital, patient_id)}}
-    visit_id = _first(rows, "visit_id")
-    if visit_id:
-        common["encounter"] = {"reference": "Encounter/" + encounter_resource_id(
-            hospital, visit_id)}
+    encounter = _encounter(rows, hospital, errors)
+    if encounter:
+        common["encounter"] = encounter
     effective, issued = _times(rows, hospital, errors)
     if effective:
         common["effectiveDateTime"] = effective
@@ -247,6 +364,7 @@ def map_lab_report(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hosp
     report: Resource = {
         "resourceType": "DiagnosticReport",
         "id": lab_report_resource_id(hospital, report_id),
+        "meta": {"profile": [CN_DIAGNOSTIC_REPORT]},
         "identifier": [{"type": {"text": "检验报告单号"}, "system": OID_LAB_REPORT_NO,
                         "value": report_id}],
         "status": "final",

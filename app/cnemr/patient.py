@@ -8,7 +8,8 @@ or missing means not recorded):
 - `name` (required): 姓名 → name.text, family/given (复姓 欧阳, 司马, 诸葛 … kept whole).
 - `gender_code`: 性别代码, GB/T 2261.1 (0/1/2/9, or 男/女) → gender through the ConceptMap
   gbt-2261-1-to-administrative-gender, with the GB/T 2261.1 coding in an extension on
-  `_gender`.
+  `_gender`. Blank or not a GB/T 2261.1 code (reported) → gender `unknown` without the
+  extension: the CN Patient profile requires a gender, and unknown is what the row says.
 - `birth_date`: 出生日期 → birthDate.
 - `id_type_code`: 身份证件类别代码, CV02.01.101 (blank means 01 when a number is given).
 - `id_number`: 身份证件号码 → identifier urn:oid:2.16.156.10011.1.3 for 01 居民身份证; other
@@ -37,7 +38,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from app.cnemr.context import Hospital, patient_resource_id
+from app.cnemr.context import CN_PATIENT, Hospital, patient_resource_id
 from app.cnemr.errors import RowError, ValueRejected
 from app.cnemr.terminology import codes, coding, translate
 from app.cnemr.values import (
@@ -101,7 +102,8 @@ def _gender(row: Mapping[str, Any], errors: list[RowError]) -> tuple[str, str, s
     if target is None:
         errors.append(RowError("gender_code", raw, "gbt-2261.1",
                                "性别代码 must be a GB/T 2261.1 code: 0 未知的性别, 1 男, 2 女, "
-                               "9 未说明的性别 (or 男/女); left out", "warning"))
+                               "9 未说明的性别 (or 男/女); gender recorded as unknown",
+                               "warning"))
         return None
     return code, codes(CS_SEX)[code], target["code"]
 
@@ -186,8 +188,7 @@ def _id_identifier(row: Mapping[str, Any], errors: list[RowError], gender: str |
                                "legacy 15-digit 居民身份证号 upgraded to 18 characters "
                                "(century 19 and check character added)", "warning"))
     for field, problem in id_mismatches(parsed.info, gender, birth):
-        shown = mask_id(raw) if field == "birth_date" else fold(row.get(field))
-        errors.append(problem.to_row_error(field, shown, "warning"))
+        errors.append(problem.to_row_error(field, fold(row.get(field)), "warning"))
     return {"use": "official",
             "type": {"coding": [coding(CS_ID_TYPE, "01")]},
             "system": OID_ID_CARD, "value": parsed.number}
@@ -232,7 +233,8 @@ def map_patient(row: Mapping[str, Any], hospital: Hospital) -> tuple[list[Resour
         return [], errors
 
     patient: Resource = {"resourceType": "Patient",
-                         "id": patient_resource_id(hospital, patient_id)}
+                         "id": patient_resource_id(hospital, patient_id),
+                         "meta": {"profile": [CN_PATIENT]}}
     gender = _gender(row, errors)
     birth: str | None = None
     if fold(row.get("birth_date")):
@@ -271,6 +273,8 @@ def map_patient(row: Mapping[str, Any], hospital: Hospital) -> tuple[list[Resour
         patient["gender"] = fhir
         patient["_gender"] = {"extension": [{"url": EXT_SEX,
                                              "valueCoding": _coding(CS_SEX, code, display)}]}
+    else:
+        patient["gender"] = "unknown"
     if birth:
         patient["birthDate"] = birth
     address = fold(row.get("address"))

@@ -65,6 +65,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from app.cnemr.context import (
+    CN_MEDICATION_REQUEST,
     Hospital,
     encounter_resource_id,
     outpatient_visit_key,
@@ -362,6 +363,7 @@ def map_prescription(rows: Sequence[Mapping[str, Any]], hospital: Hospital
         request: Resource = {
             "resourceType": "MedicationRequest",
             "id": prescription_line_resource_id(hospital, prescription_no, _line_key(row)),
+            "meta": {"profile": [CN_MEDICATION_REQUEST]},
             **common,
             "medicationCodeableConcept": _medication(row, index, hospital, errors),
         }

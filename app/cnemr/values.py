@@ -147,9 +147,10 @@ def as_datetime(fhir_datetime: str) -> datetime | None:
 _AMOUNT = re.compile(r"-?\d+(\.\d+)?")
 
 
-def parse_amount(text: str | None) -> dict[str, Any]:
+def parse_amount(text: str | None, max_decimals: int = 2) -> dict[str, Any]:
     """FHIR Money in CNY from an amount in 元: '1,234.50', '¥12.5', '12.50元'; negatives
-    (refunds, 冲红) are kept. More than two decimals is rejected: 元 have 角 and 分 only."""
+    (refunds, 冲红) are kept. More than two decimals is rejected: 元 have 角 and 分 only. Unit
+    prices are the exception (中药饮片 at 0.125 元/g): they pass `max_decimals=4`."""
     s = fold(text)
     if not s:
         raise ValueRejected("amount-required", "no amount given")
@@ -158,11 +159,14 @@ def parse_amount(text: str | None) -> dict[str, Any]:
         raise ValueRejected("amount-format",
                             "an amount must be a number of 元 such as 12.50 (optionally ¥ or 元)")
     decimals = len(s.partition(".")[2])
-    if decimals > 2:
-        raise ValueRejected("amount-two-decimals",
-                            f"{decimals} decimals: amounts in 元 have at most two (角 and 分); "
-                            "check whether the column is in 元 or another unit")
-    value: int | float = round(float(s), 2) if decimals else int(s)
+    if decimals > max_decimals:
+        if max_decimals == 2:
+            raise ValueRejected("amount-two-decimals",
+                                f"{decimals} decimals: amounts in 元 have at most two (角 and "
+                                "分); check whether the column is in 元 or another unit")
+        raise ValueRejected("amount-decimals", f"{decimals} decimals: a unit price has at most "
+                            f"{max_decimals}; check whether the column is in 元")
+    value: int | float = round(float(s), decimals) if decimals else int(s)
     return {"value": value, "currency": "CNY"}
 
 
@@ -276,6 +280,9 @@ _UCUM: dict[str, str] = {
     "ug/ml": "ug/mL", "mm/h": "mm/h", "s": "s", "sec": "s", "秒": "s", "ml/min": "mL/min",
     "ml/min/1.73m2": "mL/min/{1.73_m2}", "ml/min/1.73m^2": "mL/min/{1.73_m2}",
     "/ul": "/uL", "个/ul": "/uL", "/hp": "/[HPF]", "个/hp": "/[HPF]", "mmhg": "mm[Hg]",
+    # units printed in Chinese, and immunoassay ratios as LOINC writes them in UCUM
+    "毫米/小时": "mm/h", "mm/小时": "mm/h", "克/升": "g/L", "毫摩尔/升": "mmol/L",
+    "微摩尔/升": "umol/L", "单位/升": "U/L", "s/co": "{s_co_ratio}", "coi": "{COI}",
 }
 _POWER = re.compile(r"(?:[x×*])?10(?:\^|\*|e|\*\*)?(\d{1,2})/(l|ul)")
 

@@ -46,6 +46,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.cnemr.context import (
+    CN_CONDITION,
+    CN_ENCOUNTER,
     Hospital,
     diagnosis_resource_id,
     encounter_resource_id,
@@ -117,6 +119,7 @@ def _condition(row: Mapping[str, Any], hospital: Hospital, visit_key: str, patie
     return {
         "resourceType": "Condition",
         "id": diagnosis_resource_id(hospital, visit_key, 1),
+        "meta": {"profile": [CN_CONDITION]},
         "clinicalStatus": {"coding": [{"system": HL7_TERM + "condition-clinical",
                                        "code": "active"}]},
         "category": [{"coding": [{"system": HL7_TERM + "condition-category",
@@ -197,6 +200,7 @@ def map_visit(row: Mapping[str, Any], hospital: Hospital) -> tuple[list[Resource
     encounter: Resource = {
         "resourceType": "Encounter",
         "id": encounter_resource_id(hospital, visit_key),
+        "meta": {"profile": [CN_ENCOUNTER]},
         "identifier": [{"use": "usual", "type": {"text": "门(急)诊号"},
                         "system": OID_OUTPATIENT_NO, "value": visit_no,
                         "period": {"start": visit_day, "end": visit_day}}],

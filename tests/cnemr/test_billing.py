@@ -185,6 +185,20 @@ def test_price_times_quantity_differing_from_the_amount_is_a_warning() -> None:
     assert [(e.rule, e.severity, e.row) for e in errors] == [("line-amount", "warning", 1)]
 
 
+def test_a_unit_price_may_have_up_to_four_decimals() -> None:
+    # 中药饮片 priced per gram: 黄芪 0.125 元/g × 210 g = 26.25 元
+    herb = line("ZY0201001", "黄芪 (饮片)", "中草药费", "0.125", "210", "26.25")
+    rows = [{**r, "total_amount": "86.25", "fund_paid": "51.75", "account_paid": "24.50",
+             "copay": "24.50"} for r in (*LINES, herb)]
+    resources, errors = map_settlement(rows, HOSPITAL)
+    assert errors == []
+    invoice = by_type(resources, "Invoice")[0]
+    price = invoice["lineItem"][3]["priceComponent"][1]
+    assert price["amount"] == {"value": 0.125, "currency": "CNY"}
+    bad = [{**rows[0], "unit_price": "0.12345"}, *rows[1:]]
+    assert ("amount-decimals", 0) in {(e.rule, e.row) for e in map_settlement(bad, HOSPITAL)[1]}
+
+
 def test_a_bad_amount_on_one_line_rejects_every_row_of_the_settlement() -> None:
     rows = [LINES[0], {**LINES[1], "amount": "25.005"}, LINES[2]]
     resources, errors = map_settlement(rows, HOSPITAL)
@@ -229,6 +243,30 @@ def test_an_inpatient_settlement_is_an_institutional_claim_keyed_by_the_inpatien
     assert by_type(resources, "Coverage")[0]["type"]["coding"][0]["code"] == "2"
     assert by_type(resources, "ChargeItem")[0]["context"]["reference"] == (
         "Encounter/" + encounter_resource_id(HOSPITAL, admission_visit_key("ZY20260931", 2)))
+
+
+@pytest.mark.parametrize(("patient_type", "claim_type"), [
+    ("3", "institutional"), ("03", "institutional"), (" 3", "institutional"),
+    ("住院", "institutional"), ("1", "professional"), ("01", "professional"),
+    ("门诊", "professional"), ("急诊", "professional"), ("02", "professional"),
+    ("9", "professional"), ("其他", "professional")])
+def test_patient_type_is_read_as_a_cv09_00_404_code_or_its_name(patient_type: str,
+                                                                  claim_type: str) -> None:
+    resources, errors = map_settlement([{**r, "patient_type": patient_type} for r in LINES],
+                                       HOSPITAL)
+    assert errors == []
+    assert by_type(resources, "Claim")[0]["type"]["coding"][0]["code"] == claim_type
+
+
+@pytest.mark.parametrize("patient_type", ["4", "住院部", "inpatient", "003x"])
+def test_a_patient_type_that_is_no_cv09_00_404_code_is_reported_not_guessed(
+        patient_type: str) -> None:
+    rows = [{**r, "patient_type": ""} for r in LINES]
+    rows[1] = {**rows[1], "patient_type": patient_type}
+    resources, errors = map_settlement(rows, HOSPITAL)
+    assert [(e.field, e.value, e.rule, e.severity, e.row) for e in errors] == [
+        ("patient_type", patient_type, "cv09.00.404", "warning", 1)]
+    assert by_type(resources, "Claim")[0]["type"]["coding"][0]["code"] == "professional"
 
 
 def test_an_inpatient_settlement_without_admission_count_has_no_visit_link() -> None:

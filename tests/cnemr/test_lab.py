@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,17 +13,27 @@ from app.cnemr.context import (
     encounter_resource_id,
     lab_observation_resource_id,
     lab_report_resource_id,
+    outpatient_visit_key,
     patient_resource_id,
 )
 from app.cnemr.errors import RowError
 from app.cnemr.lab import map_lab_rows
 from app.cnemr.patient import map_patient
+from app.cnemr.visit import map_visit
+from app.config import Settings
+from app.definitions.profiles import load_profile_resources
 from app.definitions.registry import load_registry
+from app.fhir.profile_validation import ProfileValidator
 from app.fhir.validation import validate_resource
 
 HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
+PROFILE = "https://fhir.yilian.cn/StructureDefinition/"
+CN_PROFILE = {"Observation": PROFILE + "cn-observation-lab",
+              "DiagnosticReport": PROFILE + "cn-diagnostic-report"}
+REGISTRY = load_registry()
+PROFILES = ProfileValidator(load_profile_resources(Settings().profiles_dir), REGISTRY)
 
 REPORT = {"report_id": "JY20261120000731", "patient_id": "0001023456", "visit_id": "MZ2611200087",
           "specimen_no": "2611200731", "collected_time": "2026/11/20 07:42",
@@ -49,10 +60,10 @@ CBC = [
 
 def mapped(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[RowError]]:
     resources, errors = map_lab_rows(rows, HOSPITAL)
-    registry = load_registry()
     for resource in resources:
-        issues = [i for i in validate_resource(resource, registry)
-                  if i.severity in ("error", "fatal")]
+        assert resource["meta"]["profile"] == [CN_PROFILE[resource["resourceType"]]]
+        issues = [i for i in validate_resource(resource, REGISTRY)
+                  + PROFILES.declared_issues(resource) if i.severity in ("error", "fatal")]
         assert issues == [], (resource["resourceType"], issues)
     return resources, errors
 
@@ -187,6 +198,108 @@ def test_rows_of_one_report_that_disagree_on_the_patient_reject_the_report() -> 
     assert resources == []
     assert {e.rule for e in errors} == {"report-consistency"}
     assert sorted(e.row for e in errors if e.row is not None) == [0, 1, 2]
+    assert all(e.severity == "error" and e.field == "patient_id" for e in errors)
+    # The row that disagrees names its own value and the other one.
+    assert errors[2].value == "0001029999"
+    assert "'0001029999'" in errors[2].message and "'0001023456'" in errors[2].message
+    assert "'0001029999'" in errors[0].message
+
+
+@pytest.mark.parametrize(("key", "other"), [
+    ("visit_id", "MZ2611200088"), ("visit_no", "0000872"), ("visit_date", "2026-11-21"),
+    ("specimen_no", "2611200732"), ("panel_code", "SHQ"), ("panel_name", "肝功能"),
+    ("collected_time", "2026/11/20 07:50"), ("test_time", "2026-11-20 08:30:00"),
+    ("report_time", "20261120101500"), ("department", "急诊检验科"), ("doctor", "王海涛")])
+def test_rows_that_disagree_on_any_report_level_value_reject_the_whole_report(
+        key: str, other: str) -> None:
+    rows = [{**r, "visit_no": "0000871", "visit_date": "2026-11-20"} for r in CBC]
+    rows[3] = {**rows[3], key: other}
+    resources, errors = mapped(rows)
+    assert resources == []
+    assert [(e.row, e.field, e.rule, e.severity) for e in errors] == [
+        (i, key, "report-consistency", "error") for i in range(4)]
+    assert errors[3].value == other
+    assert repr(other) in errors[3].message and repr(rows[0][key]) in errors[3].message
+
+
+def test_a_time_written_two_ways_on_two_rows_is_not_a_disagreement() -> None:
+    rows = [CBC[0], {**CBC[1], "collected_time": "20261120074200"}]
+    resources, errors = mapped(rows)
+    assert errors == []
+    assert report_of(resources)["effectiveDateTime"] == "2026-11-20T07:42:00+08:00"
+
+
+def test_an_outpatient_number_and_visit_date_link_to_the_registration_encounter() -> None:
+    registration, _ = map_visit({"visit_no": "0000871", "visit_date": "2026-11-20 07:12:33",
+                                 "patient_id": "0001023456", "visit_type_code": "1"}, HOSPITAL)
+    rows = [{**r, "visit_id": "", "visit_no": "0000871", "visit_date": "20261120"} for r in CBC]
+    resources, errors = mapped(rows)
+    assert errors == []
+    expected = {"reference": "Encounter/" + registration[0]["id"]}
+    assert expected == {"reference": "Encounter/" + encounter_resource_id(
+        HOSPITAL, outpatient_visit_key("0000871", "2026-11-20"))}
+    assert all(r["encounter"] == expected for r in resources)
+
+
+def test_without_a_visit_date_the_outpatient_visit_is_that_of_the_collection_day() -> None:
+    rows = [{**item("GLU", "葡萄糖", "7.8", "mmol/L", "3.9-6.1", "H"), "visit_id": "",
+             "visit_no": "0000871", "collected_time": "2026-11-20 10:05"}]
+    resources, errors = mapped(rows)
+    assert errors == []
+    assert report_of(resources)["encounter"]["reference"] == "Encounter/" + \
+        encounter_resource_id(HOSPITAL, "0000871@20261120")
+
+
+def test_an_outpatient_number_without_any_date_is_imported_unlinked_with_a_warning() -> None:
+    rows = [{"report_id": "JY20261120000998", "patient_id": "0001023456", "visit_no": "0000871",
+             "item_code": "K", "item_name": "钾", "result": "4.1", "unit": "mmol/L"}]
+    resources, errors = mapped(rows)
+    assert "encounter" not in report_of(resources)
+    assert [(e.field, e.rule, e.severity, e.row) for e in errors] == [
+        ("visit_date", "visit-date-required", "warning", 0)]
+
+
+def test_a_visit_id_naming_another_visit_than_the_outpatient_number_wins_and_is_reported() -> None:
+    rows = [{**r, "visit_no": "0000871", "visit_date": "2026-11-20"} for r in CBC]
+    resources, errors = mapped(rows)
+    assert report_of(resources)["encounter"]["reference"] == "Encounter/" + \
+        encounter_resource_id(HOSPITAL, "MZ2611200087")
+    assert [(e.field, e.rule, e.severity) for e in errors] == [
+        ("visit_no", "visit-key-conflict", "warning")]
+    same = [{**r, "visit_id": "0000871@20261120", "visit_no": "0000871",
+             "visit_date": "2026-11-20"} for r in CBC]
+    assert mapped(same)[1] == []
+
+
+def test_a_number_in_a_unit_without_ucum_code_is_kept_as_printed_text() -> None:
+    resources, errors = mapped([item("CEA-R", "癌胚抗原比值", "12.50↑", "倍", "<1.00"),
+                                item("HBsAg-Q", "乙肝表面抗原定量", "<0.05", "IU/瓶", "<1")])
+    assert by_code(resources, "CEA-R")["valueString"] == "12.50 倍"
+    assert by_code(resources, "CEA-R")["interpretation"][0]["coding"][0]["code"] == "H"
+    assert by_code(resources, "HBsAg-Q")["valueString"] == "<0.05 IU/瓶"
+    assert [(e.field, e.value, e.rule, e.severity, e.row) for e in errors] == [
+        ("unit", "倍", "ucum-unknown", "warning", 0),
+        ("unit", "IU/瓶", "ucum-unknown", "warning", 1)]
+
+
+def test_immunoassay_ratios_and_chinese_unit_names_get_their_ucum_codes() -> None:
+    resources, errors = mapped([item("HCV-Ab", "丙型肝炎抗体", "12.50↑", "S/CO", "<1.00"),
+                                item("HBsAg-Q", "乙肝表面抗原定量", "<0.05", "COI", "<1"),
+                                item("ESR", "血沉", "12", "毫米/小时", "0-20")])
+    assert errors == []
+    assert by_code(resources, "HCV-Ab")["valueQuantity"] == {
+        "value": 12.5, "unit": "S/CO", "system": UCUM, "code": "{s_co_ratio}"}
+    assert by_code(resources, "HBsAg-Q")["valueQuantity"]["comparator"] == "<"
+    assert by_code(resources, "HBsAg-Q")["valueQuantity"]["code"] == "{COI}"
+    assert by_code(resources, "ESR")["valueQuantity"]["code"] == "mm/h"
+
+
+def test_a_number_printed_without_a_unit_is_a_dimensionless_ucum_quantity() -> None:
+    resources, errors = mapped([item("INR", "国际标准化比值", "1.02", "", "0.8-1.2"),
+                                item("PH", "尿酸碱度", "6.5", "", "4.5-8.0")])
+    assert errors == []
+    assert by_code(resources, "INR")["valueQuantity"] == {"value": 1.02, "system": UCUM,
+                                                          "code": "1"}
 
 
 def test_an_identical_duplicate_row_is_imported_once_and_reported() -> None:
@@ -224,7 +337,7 @@ def test_rows_without_report_id_or_item_code_are_rejected_with_their_position() 
 def test_bad_optional_values_are_left_out_with_warnings() -> None:
     rows = [item("WBC", "白细胞计数", "6.1", "10^9/L", "9.5-3.5", "?",
                  report_time="2026-11-20"),
-            item("ESR", "血沉", "12", "毫米/小时", "0-20")]
+            item("ESR", "血沉", "12", "毫米每时", "0-20", report_time="2026-11-20")]
     resources, errors = mapped(rows)
     wbc = by_code(resources, "WBC")
     assert "referenceRange" not in wbc and "interpretation" not in wbc and "issued" not in wbc
@@ -232,8 +345,10 @@ def test_bad_optional_values_are_left_out_with_warnings() -> None:
         ("reference_range", "range-order"), ("abnormal_flag", "flag-unknown"),
         ("report_time", "instant-needs-time"), ("unit", "ucum-unknown")}
     assert all(e.severity == "warning" for e in errors)
+    # cn-observation-lab requires a UCUM code on a valueQuantity: the result stays as printed.
     esr = by_code(resources, "ESR")
-    assert esr["valueQuantity"] == {"value": 12, "unit": "毫米/小时"}
+    assert "valueQuantity" not in esr
+    assert esr["valueString"] == "12 毫米每时"
 
 
 def test_a_report_without_specimen_visit_or_times_still_maps() -> None:
@@ -249,7 +364,8 @@ def test_a_report_without_specimen_visit_or_times_still_maps() -> None:
 CELL = st.one_of(st.none(), st.text(max_size=16), st.integers(), st.floats(allow_nan=True),
                  st.sampled_from(["", "<0.5", "≥5", "阴性", "3.5-9.5", "9-3", "↑", "5.6↑",
                                   "10^9/L", "20261120", "2026/11/20 25:61", "R1", "P1"]))
-LAB_FIELDS = ("report_id", "patient_id", "visit_id", "item_code", "item_name", "result", "unit",
+LAB_FIELDS = ("report_id", "patient_id", "visit_id", "visit_no", "visit_date", "item_code",
+              "item_name", "result", "unit",
               "reference_range", "abnormal_flag", "specimen_no", "panel_code", "panel_name",
               "collected_time", "test_time", "report_time", "department", "doctor")
 
@@ -259,10 +375,9 @@ LAB_FIELDS = ("report_id", "patient_id", "visit_id", "item_code", "item_name", "
 def test_no_row_content_makes_the_mapper_raise_or_emit_invalid_fhir(
         rows: list[dict[str, Any]]) -> None:
     resources, errors = map_lab_rows(rows, HOSPITAL)
-    registry = load_registry()
     for resource in resources:
-        assert [i for i in validate_resource(resource, registry)
-                if i.severity in ("error", "fatal")] == []
+        issues = validate_resource(resource, REGISTRY) + PROFILES.declared_issues(resource)
+        assert [i for i in issues if i.severity in ("error", "fatal")] == []
     assert all(e.rule and e.message for e in errors)
 
 

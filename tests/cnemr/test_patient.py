@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from app.cnemr.context import Hospital, patient_resource_id
 from app.cnemr.errors import RowError
 from app.cnemr.patient import map_patient
+from app.config import Settings
+from app.definitions.profiles import load_profile_resources
 from app.definitions.registry import load_registry
+from app.fhir.profile_validation import ProfileValidator
 from app.fhir.validation import validate_resource
 from app.samples.hospital import EXT_ETHNICITY, EXT_SEX
 from app.samples.identity import check_digit, make_id
@@ -20,6 +23,9 @@ from app.samples.identity import check_digit, make_id
 HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
 ID_CARD = "urn:oid:2.16.156.10011.1.3"
 MRN = "urn:oid:2.16.156.10011.1.13"
+CN_PATIENT = "https://fhir.yilian.cn/StructureDefinition/cn-patient"
+REGISTRY = load_registry()
+PROFILES = ProfileValidator(load_profile_resources(Settings().profiles_dir), REGISTRY)
 
 OUYANG_ID = make_id("440106", date(1996, 2, 6), 124)  # 广州天河, female
 SHAN_ID = make_id("140105", date(1958, 9, 3), 317)  # 太原小店, male
@@ -40,7 +46,8 @@ def mapped(r: dict[str, Any]) -> tuple[dict[str, Any], list[RowError]]:
     resources, errors = map_patient(r, HOSPITAL)
     assert len(resources) == 1
     patient = resources[0]
-    issues = [i for i in validate_resource(patient, load_registry())
+    assert patient["meta"]["profile"] == [CN_PATIENT]
+    issues = [i for i in validate_resource(patient, REGISTRY) + PROFILES.declared_issues(patient)
               if i.severity in ("error", "fatal")]
     assert issues == [], issues
     return patient, errors
@@ -150,13 +157,15 @@ def test_a_birth_date_mismatch_with_the_id_is_reported_without_leaking_the_numbe
     assert OUYANG_ID not in error.value
 
 
-def test_blank_optional_fields_are_simply_absent() -> None:
+def test_blank_optional_fields_are_simply_absent_and_a_blank_gender_is_unknown() -> None:
     r = {"patient_id": "0001023999", "name": "张伟", "gender_code": "", "birth_date": None,
          "id_number": "  ", "ethnicity_code": "", "marital_status_code": "", "phone": "",
          "address": "", "medical_record_no": ""}
     patient, errors = mapped(r)
     assert errors == []
-    assert set(patient) == {"resourceType", "id", "identifier", "name"}
+    assert set(patient) == {"resourceType", "id", "meta", "identifier", "name", "gender"}
+    # cn-patient requires a gender; a row that records none says it is unknown.
+    assert patient["gender"] == "unknown"
 
 
 def test_missing_patient_id_or_name_rejects_the_row() -> None:
@@ -169,7 +178,8 @@ def test_missing_patient_id_or_name_rejects_the_row() -> None:
 def test_bad_optional_codes_are_left_out_and_each_reported() -> None:
     patient, errors = mapped(row(gender_code="3", ethnicity_code="60", marital_status_code="50",
                                  phone="不详", birth_date="1996-02-30"))
-    assert {"gender", "maritalStatus", "extension", "telecom", "birthDate"}.isdisjoint(patient)
+    assert {"_gender", "maritalStatus", "extension", "telecom", "birthDate"}.isdisjoint(patient)
+    assert patient["gender"] == "unknown"
     assert {e.rule for e in errors} == {"gbt-2261.1", "gb-3304", "gbt-2261.2", "phone-format",
                                         "date-calendar"}
     assert all(e.severity == "warning" and e.message for e in errors)
@@ -233,6 +243,6 @@ FIELDS = ("patient_id", "name", "gender_code", "birth_date", "id_type_code", "id
 def test_no_row_content_makes_the_mapper_raise_or_emit_invalid_fhir(r: dict[str, Any]) -> None:
     resources, errors = map_patient(r, HOSPITAL)
     for resource in resources:
-        assert [i for i in validate_resource(resource, load_registry())
-                if i.severity in ("error", "fatal")] == []
+        issues = validate_resource(resource, REGISTRY) + PROFILES.declared_issues(resource)
+        assert [i for i in issues if i.severity in ("error", "fatal")] == []
     assert all(e.rule and e.message for e in errors)
