@@ -43,13 +43,16 @@ class Dataset:
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("patient", frozenset({
         "patient_id", "name", "gender_code", "birth_date", "id_type_code", "id_number",
-        "ethnicity_code", "marital_status_code", "phone", "address", "medical_record_no"}),
+        "ethnicity_code", "marital_status_code", "phone", "address", "medical_record_no",
+        "address_code", "health_card_no", "occupation_code", "contact_name",
+        "contact_relation", "contact_phone", "contact_address"}),
         None, per_row(patient.map_patient)),
     Dataset("lab", frozenset({
         "report_id", "patient_id", "visit_id", "visit_no", "visit_date", "item_code",
         "item_name", "result", "unit",
         "reference_range", "abnormal_flag", "specimen_no", "panel_code", "panel_name",
-        "collected_time", "test_time", "report_time", "department", "doctor"}),
+        "collected_time", "test_time", "report_time", "department", "doctor",
+        "specimen_type", "order_no", "ordering_doctor", "order_time"}),
         "report_id", lab.map_lab_rows),
     Dataset("visit", frozenset({
         "visit_no", "visit_date", "visit_time", "patient_id", "visit_type_code", "department",
@@ -59,7 +62,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
         "prescription_no", "patient_id", "visit_no", "visit_date", "prescribed_time", "doctor",
         "prescription_type", "dispensed", "doses_count", "line_no", "drug_code",
         "nhsa_drug_code", "drug_name", "specification", "dose", "dose_unit", "frequency_code",
-        "route", "quantity", "quantity_unit", "days", "group_no", "decoction"}),
+        "route", "quantity", "quantity_unit", "days", "group_no", "decoction",
+        "dispensed_time", "pharmacist"}),
         "prescription_no", prescription.map_prescription_rows),
     Dataset("homepage", homepage.ELEMENTS, None, homepage.map_homepage_rows),
     Dataset("billing", frozenset({

@@ -1,4 +1,5 @@
-"""WS 445-2014 part 4 (检查检验记录) 检验报告 LIS rows → FHIR R4 DiagnosticReport + Observations.
+"""WS 445-2014 part 4 (检查检验记录) 检验报告 LIS rows → FHIR R4 ServiceRequest, Specimen,
+DiagnosticReport and Observations.
 
 A LIS export has one row per reported item. Rows are dicts keyed by these canonical data
 elements (values are the exported text; blank or missing means not recorded):
@@ -23,11 +24,24 @@ elements (values are the exported text; blank or missing means not recorded):
   printed in valueString ('12 毫米/小时'), with a warning.
 - `reference_range`: 参考范围 → referenceRange (low/high where numeric, text always).
 - `abnormal_flag`: 异常标志 (H/L/N, 高/低, ↑/↓) → interpretation.
-- `specimen_no`: 标本编号 (Barcode / SampleNo) → specimen, a logical reference by identifier
-  urn:oid:2.16.156.10011.1.14 until Specimen resources are imported.
+- `specimen_no`: 标本编号 (Barcode / SampleNo) → a Specimen (identifier
+  urn:oid:2.16.156.10011.1.14, subject), referenced by DiagnosticReport.specimen,
+  Observation.specimen and ServiceRequest.specimen. Its id is keyed by the 院内患者ID and the
+  标本编号 together: a SampleNo is an instrument's number of the day and is given out again, so
+  the number alone would file one patient's tube under another; reports of one tube (肝功能 and
+  肾功能 from one serum tube) point at one Specimen.
+- `specimen_type`: 标本类型 (血清, 全血, 尿液 …) → Specimen.type: the text as exported, with
+  the HL7 v2 table 0487 code where the name is unambiguous (血清 SER, 全血 BLD, 血浆 PLAS,
+  尿液 UR, 脑脊液 CSF, 粪便 STL; the codes themselves are read too). Any other name (静脉血,
+  痰, 分泌物 …) is kept as text alone, since a guessed code would be a wrong one.
+- `order_no`: 电子申请单编号 (检验申请单号) → ServiceRequest.identifier
+  urn:oid:2.16.156.10011.1.24.
+- `ordering_doctor`: 申请医生 → ServiceRequest.requester (display).
+- `order_time`: 申请时间 → ServiceRequest.authoredOn.
 - `panel_code`, `panel_name`: 检验组合 (血常规 …) → DiagnosticReport.code, with LOINC for the
   three panels of `app.samples.hospital.PANELS` when named so.
-- `collected_time` (采样时间) or else `test_time` (检验时间) → effectiveDateTime.
+- `collected_time` (采样时间) or else `test_time` (检验时间) → effectiveDateTime; the 采样时间
+  is also Specimen.collection.collectedDateTime.
 - `report_time`: 报告时间 → issued (needs a time of day).
 - `department`: 检验科室 → DiagnosticReport.performer (display).
 - `doctor`: 报告医生 → DiagnosticReport.resultsInterpreter (display).
@@ -39,9 +53,17 @@ only). Rows that disagree reject the whole report, with an error on each row nam
 and the values, since taking either value would file results under a wrong patient, visit,
 specimen or time.
 
+Each report also gets the 检验申请 it answers, a ServiceRequest (status completed, intent order,
+category SNOMED CT 108252007 Laboratory procedure, code = the report's 检验组合 coding, subject,
+encounter), whose id is keyed by the 检验报告单号: a LIS export rarely carries the 申请单 on its
+own, and one 申请单 may yield several reports, each answering its own part of it.
+DiagnosticReport.basedOn points at it. No ServiceRequest, Specimen or report is written when
+not one item of the report could be imported.
+
 Observations declare cn-observation-lab and the report cn-diagnostic-report (meta.profile), so
-the server holds them to those profiles on every write. R4 has no element on Observation that
-points at its DiagnosticReport; the link is DiagnosticReport.result.
+the server holds them to those profiles on every write; Specimen and ServiceRequest have no CN
+profile and are held to R4. R4 has no element on Observation that points at its
+DiagnosticReport; the link is DiagnosticReport.result.
 """
 
 from __future__ import annotations
@@ -58,6 +80,7 @@ from app.cnemr.context import (
     lab_report_resource_id,
     outpatient_visit_key,
     patient_resource_id,
+    stable_id,
 )
 from app.cnemr.errors import RowError, ValueRejected
 from app.cnemr.values import (
@@ -77,7 +100,22 @@ Resource = dict[str, Any]
 
 HL7_TERM = "http://terminology.hl7.org/CodeSystem/"
 OID_SPECIMEN_NO = "urn:oid:2.16.156.10011.1.14"  # 标本编号
+OID_ORDER_NO = "urn:oid:2.16.156.10011.1.24"  # 电子申请单编号
 UCUM = "http://unitsofmeasure.org"
+SNOMED = "http://snomed.info/sct"
+V2_SPECIMEN_TYPE = HL7_TERM + "v2-0487"
+
+# 标本类型 names with one meaning in HL7 v2 table 0487: code → (display, the names LIS write).
+_SPECIMEN_TYPES = {
+    "SER": ("Serum", ("血清",)),
+    "BLD": ("Whole blood", ("全血", "全血标本")),
+    "PLAS": ("Plasma", ("血浆",)),
+    "UR": ("Urine", ("尿液", "尿", "尿标本", "随机尿")),
+    "CSF": ("Cerebral spinal fluid", ("脑脊液",)),
+    "STL": ("Stool = Fecal", ("粪便", "大便", "粪")),
+}
+_SPECIMEN_BY_NAME = {name: code for code, (_, names) in _SPECIMEN_TYPES.items()
+                     for name in (*names, code)}
 
 # LIS item codes differ between vendors; these are the spellings seen for the sample analytes.
 _ALIASES = {"CREA": "Cr", "CRE": "Cr", "CR": "Cr", "SCR": "Cr", "UREA": "BUN", "URE": "BUN",
@@ -93,8 +131,21 @@ _REPORT_NAMES = {"patient_id": "院内患者ID", "visit_id": "就诊流水号", 
                  "visit_date": "就诊日期", "specimen_no": "标本编号",
                  "panel_code": "检验组合代码", "panel_name": "检验组合名称",
                  "collected_time": "采样时间", "test_time": "检验时间", "report_time": "报告时间",
-                 "department": "检验科室", "doctor": "报告医生"}
-_TIME_KEYS = frozenset({"visit_date", "collected_time", "test_time", "report_time"})
+                 "department": "检验科室", "doctor": "报告医生", "specimen_type": "标本类型",
+                 "order_no": "电子申请单编号", "ordering_doctor": "申请医生",
+                 "order_time": "申请时间"}
+_TIME_KEYS = frozenset({"visit_date", "collected_time", "test_time", "report_time",
+                        "order_time"})
+
+
+def specimen_resource_id(hospital: Hospital, patient_id: str, specimen_no: str) -> str:
+    """Specimen.id for a 标本编号 of a patient (a SampleNo recycles; see the module doc)."""
+    return stable_id("spec", hospital, patient_id, specimen_no)
+
+
+def lab_order_resource_id(hospital: Hospital, report_id: str) -> str:
+    """ServiceRequest.id of the 检验申请 a 检验报告单 answers."""
+    return stable_id("sr", hospital, report_id)
 
 
 def loinc_for(item_code: str, item_name: str, unit_text: str) -> Analyte | None:
@@ -239,13 +290,16 @@ def _conformant_value(value: LabValue, printed: str, unit: str, index: int,
 
 
 def _times(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hospital,
-           errors: list[RowError]) -> tuple[str | None, str | None]:
-    effective = issued = None
+           errors: list[RowError]) -> tuple[str | None, str | None, str | None]:
+    """(采样时间, effective time, issued) of a report; a bad value is a warning and left out."""
+    collected = effective = issued = None
     for key in ("collected_time", "test_time"):
         raw = _first(rows, key)
         if raw and effective is None:
             try:
                 effective = parse_datetime(raw, hospital.tz)
+                if key == "collected_time":
+                    collected = effective
             except ValueRejected as exc:
                 row = next(i for i, r in rows if fold(r.get(key)) == raw)
                 errors.append(exc.to_row_error(key, raw, "warning", row))
@@ -256,7 +310,64 @@ def _times(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hospital,
         except ValueRejected as exc:
             row = next(i for i, r in rows if fold(r.get("report_time")) == raw)
             errors.append(exc.to_row_error("report_time", raw, "warning", row))
-    return effective, issued
+    return collected, effective, issued
+
+
+def _specimen(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hospital,
+              patient_id: str, subject: Resource, collected: str | None) -> Resource:
+    specimen_no = _first(rows, "specimen_no")
+    specimen: Resource = {
+        "resourceType": "Specimen",
+        "id": specimen_resource_id(hospital, patient_id, specimen_no),
+        "identifier": [{"type": {"text": "标本编号"}, "system": OID_SPECIMEN_NO,
+                        "value": specimen_no}],
+    }
+    kind = _first(rows, "specimen_type")
+    if kind:
+        code = _SPECIMEN_BY_NAME.get(kind) or _SPECIMEN_BY_NAME.get(kind.upper())
+        specimen["type"] = {"text": kind}
+        if code:
+            specimen["type"]["coding"] = [{"system": V2_SPECIMEN_TYPE, "code": code,
+                                           "display": _SPECIMEN_TYPES[code][0]}]
+    specimen["subject"] = subject
+    if collected:
+        specimen["collection"] = {"collectedDateTime": collected}
+    return specimen
+
+
+def _order(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hospital, report_id: str,
+           code: Resource, common: Resource, specimen: Resource | None,
+           errors: list[RowError]) -> Resource:
+    """The ServiceRequest (检验申请) a report answers."""
+    order: Resource = {"resourceType": "ServiceRequest",
+                       "id": lab_order_resource_id(hospital, report_id)}
+    order_no = _first(rows, "order_no")
+    if order_no:
+        order["identifier"] = [{"type": {"text": "电子申请单编号"}, "system": OID_ORDER_NO,
+                                "value": order_no}]
+    order |= {
+        "status": "completed",
+        "intent": "order",
+        "category": [{"coding": [{"system": SNOMED, "code": "108252007",
+                                  "display": "Laboratory procedure"}]}],
+        "code": code,
+        "subject": common["subject"],
+    }
+    if "encounter" in common:
+        order["encounter"] = common["encounter"]
+    raw = _first(rows, "order_time")
+    if raw:
+        try:
+            order["authoredOn"] = parse_datetime(raw, hospital.tz)
+        except ValueRejected as exc:
+            errors.append(exc.to_row_error("order_time", raw, "warning",
+                                           _row_of(rows, "order_time")))
+    doctor = _first(rows, "ordering_doctor")
+    if doctor:
+        order["requester"] = {"display": doctor}
+    if specimen:
+        order["specimen"] = [{"reference": f"Specimen/{specimen['id']}"}]
+    return order
 
 
 def _observation(index: int, row: Mapping[str, Any], hospital: Hospital, report_id: str,
@@ -324,14 +435,14 @@ def map_lab_report(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hosp
     encounter = _encounter(rows, hospital, errors)
     if encounter:
         common["encounter"] = encounter
-    effective, issued = _times(rows, hospital, errors)
+    collected, effective, issued = _times(rows, hospital, errors)
     if effective:
         common["effectiveDateTime"] = effective
     if issued:
         common["issued"] = issued
-    specimen_no = _first(rows, "specimen_no")
-    specimen = {"type": "Specimen", "identifier": {"system": OID_SPECIMEN_NO,
-                                                   "value": specimen_no}} if specimen_no else None
+    specimen = _specimen(rows, hospital, patient_id, common["subject"], collected) \
+        if _first(rows, "specimen_no") else None
+    specimen_ref = {"reference": f"Specimen/{specimen['id']}"} if specimen else None
 
     observations: list[Resource] = []
     seen: dict[str, tuple[str, ...]] = {}
@@ -355,22 +466,25 @@ def map_lab_report(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hosp
         seen[item_code] = content
         obs = _observation(index, row, hospital, report_id, common, errors)
         if obs is not None:
-            if specimen:
-                obs["specimen"] = specimen
+            if specimen_ref:
+                obs["specimen"] = dict(specimen_ref)
             observations.append(obs)
     if not observations:
         return [], errors
 
+    code = _panel_code(_first(rows, "panel_code"), _first(rows, "panel_name"), hospital)
+    order = _order(rows, hospital, report_id, code, common, specimen, errors)
     report: Resource = {
         "resourceType": "DiagnosticReport",
         "id": lab_report_resource_id(hospital, report_id),
         "meta": {"profile": [CN_DIAGNOSTIC_REPORT]},
         "identifier": [{"type": {"text": "检验报告单号"}, "system": OID_LAB_REPORT_NO,
                         "value": report_id}],
+        "basedOn": [{"reference": f"ServiceRequest/{order['id']}"}],
         "status": "final",
         "category": [{"coding": [{"system": HL7_TERM + "v2-0074", "code": "LAB",
                                   "display": "Laboratory"}]}],
-        "code": _panel_code(_first(rows, "panel_code"), _first(rows, "panel_name"), hospital),
+        "code": code,
         **common,
     }
     department, doctor = _first(rows, "department"), _first(rows, "doctor")
@@ -378,10 +492,10 @@ def map_lab_report(rows: Sequence[tuple[int, Mapping[str, Any]]], hospital: Hosp
         report["performer"] = [{"display": department}]
     if doctor:
         report["resultsInterpreter"] = [{"display": doctor}]
-    if specimen:
-        report["specimen"] = [specimen]
+    if specimen_ref:
+        report["specimen"] = [dict(specimen_ref)]
     report["result"] = [{"reference": f"Observation/{o['id']}"} for o in observations]
-    return [*observations, report], errors
+    return [*([specimen] if specimen else []), order, *observations, report], errors
 
 
 def map_lab_rows(rows: Iterable[Mapping[str, Any]], hospital: Hospital
@@ -401,9 +515,31 @@ def map_lab_rows(rows: Iterable[Mapping[str, Any]], hospital: Hospital
             continue
         groups.setdefault(report_id, []).append((index, row))
     resources: list[Resource] = []
+    specimens: dict[str, Resource] = {}
     for group in groups.values():
         mapped, problems = map_lab_report(group, hospital)
-        resources.extend(mapped)
         errors.extend(problems)
+        for resource in mapped:
+            if resource["resourceType"] == "Specimen":
+                first = specimens.setdefault(resource["id"], resource)
+                if first is not resource:
+                    if first != resource:
+                        errors.append(_specimen_conflict(group, first, resource))
+                    continue
+            resources.append(resource)
     errors.sort(key=lambda e: -1 if e.row is None else e.row)
     return resources, errors
+
+
+def _specimen_conflict(rows: Sequence[tuple[int, Mapping[str, Any]]], first: Resource,
+                       again: Resource) -> RowError:
+    """Two reports of one tube that describe the tube differently: the first description stands,
+    as a transaction writes a resource once."""
+    differ = [k for k in ("type", "collection") if first.get(k) != again.get(k)]
+    field = "specimen_type" if "type" in differ else "collected_time"
+    specimen_no = again["identifier"][0]["value"]
+    return RowError(field, _first(rows, field), "specimen-conflict",
+                    f"标本编号 {specimen_no} is described differently by another 检验报告单 of "
+                    f"the same patient ({', '.join(differ)}); the first report's 标本类型 and "
+                    "采样时间 were kept for the Specimen: correct the export so every report of "
+                    "one tube gives the same values", "warning", _row_of(rows, field))

@@ -1,4 +1,5 @@
-"""WS 445-2014 part 3 (门(急)诊处方) 西药处方 and 中药处方 line items → FHIR R4 MedicationRequest.
+"""WS 445-2014 part 3 (门(急)诊处方) 西药处方 and 中药处方 line items → FHIR R4 MedicationRequest
+and, once dispensed, MedicationDispense.
 
 A prescription export (HIS xt_dzcf + xt_dzcfmx) has one row per line item; the importer groups
 them by `prescription_no`. Rows are dicts keyed by these canonical data elements (values are
@@ -16,7 +17,12 @@ Prescription level (all rows of a 处方 must agree; a blank cell is not a disag
   authoredOn and requester, so a 处方 without them is rejected rather than half imported.
 - `prescription_type`: 处方类别 西药 / 中成药 (C0004 西药处方) or 中药 / 草药 / 饮片 (C0005
   中药处方), WS/T 500 codes in category next to the FHIR `outpatient` category.
-- `dispensed`: 发药标志 (1/是/Y/已发药) → status completed; otherwise active.
+- `dispensed`: 发药标志 (1/是/Y/已发药) → status completed, and a MedicationDispense per line
+  (below); otherwise active.
+- `dispensed_time`: 发药时间 → MedicationDispense.whenHandedOver.
+- `pharmacist`: 发药药师 → MedicationDispense.performer.actor (display).
+  Both describe a dispense: given for a 处方 whose 发药标志 does not say dispensed, they are
+  left out with a warning rather than taken as a dispense the flag denies.
 - `doses_count`: 付数 (剂数) of a 中药处方 → a note `共7付` on every herb line. Not
   dispenseRequest.numberOfRepeatsAllowed: that counts refills after the first dispense, and
   7付 is one dispense of seven daily doses.
@@ -48,13 +54,23 @@ Line level:
   `组号 N: 同组 …` naming the other drugs of the group; R4 has no element for it.
 - `decoction` (jzfs): 煎法 (水煎服, 先煎, 后下 …) → dosageInstruction.additionalInstruction.text.
 
+A dispensed 处方 gets one MedicationDispense per line (status completed, the line's
+medicationCodeableConcept, subject, context = the encounter, authorizingPrescription → the
+line's MedicationRequest, quantity and daysSupply = the line's 发药数量 and 用药天数), its id
+keyed like the line's. The 处方 dataset makes no Medication resources: a drug's identity is
+fully carried by medicationCodeableConcept (the hospital's 药品代码 and the 国家医保药品编码), and
+a Medication would add only what a drug catalogue export (剂型, 成分, 生产厂家, 批号) gives,
+which a 处方 export does not have; one made from the line would repeat the code and invite
+each 处方 to overwrite the others' copy.
+
 Amounts (je 金额) are left for the 收费明细 dataset, where they become ChargeItems beside the
 other fees; a MedicationRequest is an order, not a charge.
 
 Rejected (error): the whole 处方 when it lacks `patient_id`, `prescribed_time` (or it is not a
 date) or `doctor`, or its rows disagree on a prescription-level element; a line without
 `drug_code` and `drug_name`, or repeating another line's key with different content. Anything
-else bad (dose, frequency, quantity, days, 医保编码) is a warning and the value is left out.
+else bad (dose, frequency, quantity, days, 医保编码, 发药时间, dispense details of a 处方 not
+flagged dispensed) is a warning and the value is left out.
 Never raises on row content.
 """
 
@@ -71,6 +87,7 @@ from app.cnemr.context import (
     outpatient_visit_key,
     patient_resource_id,
     prescription_line_resource_id,
+    stable_id,
 )
 from app.cnemr.errors import RowError, ValueRejected
 from app.cnemr.terminology import coding
@@ -87,7 +104,13 @@ CS_GTS = HL7_TERM + "v3-GTSAbbreviation"
 NHSA_DRUG_CODE = "https://fhir.yilian.cn/CodeSystem/nhsa-drug-code"  # 国家医保药品编码
 
 PRESCRIPTION_KEYS = ("patient_id", "visit_no", "visit_date", "prescribed_time", "doctor",
-                     "prescription_type", "dispensed", "doses_count")
+                     "prescription_type", "dispensed", "doses_count", "dispensed_time",
+                     "pharmacist")
+
+
+def dispense_resource_id(hospital: Hospital, prescription_no: str, line: str) -> str:
+    """MedicationDispense.id for the dispense of one line of a 处方编号 (keyed as the line)."""
+    return stable_id("meddisp", hospital, prescription_no, line)
 
 
 class Frequency(NamedTuple):
@@ -257,7 +280,8 @@ def _reject_all(rows: Sequence[Mapping[str, Any]], field: str, rule: str, messag
 
 def map_prescription(rows: Sequence[Mapping[str, Any]], hospital: Hospital
                      ) -> tuple[list[Resource], list[RowError]]:
-    """The rows of one 处方 → one MedicationRequest per line, and problems. `RowError.row` is
+    """The rows of one 处方 → one MedicationRequest per line (each followed by its
+    MedicationDispense when the 处方 is dispensed), and problems. `RowError.row` is
     the index in `rows`. A line repeating another line's key is reported: with identical
     content as a warning (imported once), with different content as an error (first kept)."""
     if not rows:
@@ -293,10 +317,12 @@ def map_prescription(rows: Sequence[Mapping[str, Any]], hospital: Hospital
             errors.append(exc.to_row_error("visit_date", raw_visit_date, "warning",
                                            _row_of(rows, "visit_date", raw_visit_date)))
 
+    dispensed = _first(rows, "dispensed").lower() in _DISPENSED
+    handed_over = _handed_over(rows, dispensed, hospital, errors)
     common: Resource = {
         "groupIdentifier": {"type": {"text": "处方编号"}, "system": OID_PRESCRIPTION_NO,
                             "value": prescription_no},
-        "status": "completed" if _first(rows, "dispensed").lower() in _DISPENSED else "active",
+        "status": "completed" if dispensed else "active",
         "intent": "order",
         "category": [{"coding": [{"system": HL7_TERM + "medicationrequest-category",
                                   "code": "outpatient", "display": "Outpatient"}]}],
@@ -387,7 +413,58 @@ def map_prescription(rows: Sequence[Mapping[str, Any]], hospital: Hospital
         if dispense:
             request["dispenseRequest"] = dispense
         resources.append(request)
+        if dispensed:
+            resources.append(_dispensed(request, dispense, prescription_no, _line_key(row),
+                                        handed_over, _first(rows, "pharmacist"), hospital))
     return resources, errors
+
+
+def _handed_over(rows: Sequence[Mapping[str, Any]], dispensed: bool, hospital: Hospital,
+                 errors: list[RowError]) -> str | None:
+    """whenHandedOver of a dispensed 处方; dispense details of one not dispensed are reported."""
+    raw = _first(rows, "dispensed_time")
+    if not dispensed:
+        for key, label in (("dispensed_time", "发药时间"), ("pharmacist", "发药药师")):
+            value = _first(rows, key)
+            if value:
+                errors.append(RowError(
+                    key, value, "dispense-not-flagged",
+                    f"{label} is given but 发药标志 does not say the 处方 was dispensed "
+                    "(1/是/Y/已发药); no dispense was recorded and the value was left out",
+                    "warning", _row_of(rows, key, value)))
+        return None
+    if not raw:
+        return None
+    try:
+        return parse_datetime(raw, hospital.tz)
+    except ValueRejected as exc:
+        errors.append(exc.to_row_error("dispensed_time", raw, "warning",
+                                       _row_of(rows, "dispensed_time", raw)))
+        return None
+
+
+def _dispensed(request: Resource, dispense: Resource, prescription_no: str, line: str,
+               handed_over: str | None, pharmacist: str, hospital: Hospital) -> Resource:
+    """The MedicationDispense of a dispensed line, built from its MedicationRequest."""
+    out: Resource = {
+        "resourceType": "MedicationDispense",
+        "id": dispense_resource_id(hospital, prescription_no, line),
+        "status": "completed",
+        "medicationCodeableConcept": request["medicationCodeableConcept"],
+        "subject": request["subject"],
+    }
+    if "encounter" in request:
+        out["context"] = request["encounter"]
+    if pharmacist:
+        out["performer"] = [{"actor": {"display": pharmacist}}]
+    out["authorizingPrescription"] = [{"reference": f"MedicationRequest/{request['id']}"}]
+    if "quantity" in dispense:
+        out["quantity"] = dispense["quantity"]
+    if "expectedSupplyDuration" in dispense:
+        out["daysSupply"] = dispense["expectedSupplyDuration"]
+    if handed_over:
+        out["whenHandedOver"] = handed_over
+    return out
 
 
 def _dispense(index: int, row: Mapping[str, Any], errors: list[RowError]) -> Resource:

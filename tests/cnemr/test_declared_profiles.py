@@ -183,3 +183,24 @@ def test_a_patient_row_without_gender_imports_as_unknown_instead_of_failing_cn_p
     assert patient["gender"] == "unknown"
     assert PROFILES.declared_issues(patient) == []
     assert PROFILES.validate({k: v for k, v in patient.items() if k != "gender"}, CN_PATIENT)
+
+
+def test_the_patient_extensions_are_checked_through_the_cn_patient_slices() -> None:
+    """cn-patient slices the occupation and address-division-code extensions, so a Patient
+    declaring it is held to their definitions on every write, not only by their own tests."""
+    [patient], errors = map_patient({
+        "patient_id": "0001024002", "name": "李娜", "gender_code": "2",
+        "occupation_code": "31", "address": "北京市朝阳区建国路88号", "address_code": "110105"},
+        HOSPITAL)
+    assert errors == []
+    assert PROFILES.declared_issues(patient) == []
+    occupation = next(e for e in patient["extension"] if e["url"].endswith("/occupation"))
+    bad = {**patient, "extension": [
+        {**occupation, "valueCodeableConcept": {"coding": [
+            {**occupation["valueCodeableConcept"]["coding"][0], "code": "99999"}]}}]}
+    assert any("occupation" in i.diagnostics for i in PROFILES.declared_issues(bad))
+    [home] = patient["address"]
+    division = home["extension"][0]
+    wrong = {**patient, "address": [{**home, "extension": [
+        {**division, "valueCoding": {**division["valueCoding"], "code": "1101"}}]}]}
+    assert any(i.severity == "error" for i in PROFILES.declared_issues(wrong))

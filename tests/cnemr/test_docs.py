@@ -68,8 +68,8 @@ def test_the_mapper_module_is_found_through_the_per_row_wrapper() -> None:
 
 def test_produced_resources_come_from_the_docstring() -> None:
     summary, text = dataset_docstring(DATASETS["lab"])
-    assert produced_resources(summary, text, RESOURCE_TYPES) == ["DiagnosticReport",
-                                                                   "Observation"]
+    assert produced_resources(summary, text, RESOURCE_TYPES) == [
+        "ServiceRequest", "Specimen", "DiagnosticReport", "Observation"]
     summary, text = dataset_docstring(DATASETS["billing"])
     assert produced_resources(summary, text, RESOURCE_TYPES) == [
         "ChargeItem", "Account", "Invoice", "Coverage", "Claim", "ClaimResponse"]

@@ -78,11 +78,14 @@ def lines(groups: list[Fact], key: str) -> list[Fact]:
             for line in group[key]]
 
 
-# -- 检验报告: a 血常规 with a high and a low count, a 肝功能 with a raised ALT
+# -- 检验报告: a 血常规 with a high and a low count, a 肝功能 with a raised ALT; each with its
+# 申请单 and tube (全血 / 血清), the 肝功能 申请单 without a time
 
 LAB = lines([
     {"report": "JY20261120001", "patient": "BA100231", "specimen": "2611200017",
-     "panel_code": "XCG", "panel": "血常规", "collected": datetime(2026, 11, 20, 7, 52),
+     "panel_code": "XCG", "panel": "血常规", "specimen_type": "全血", "order": "SQ2611200153",
+     "orderer": "李卫东", "ordered": datetime(2026, 11, 20, 7, 40, 5),
+     "collected": datetime(2026, 11, 20, 7, 52),
      "tested": datetime(2026, 11, 20, 8, 40, 15), "reported": datetime(2026, 11, 20, 10, 5),
      "dept": "检验科", "doctor": "赵丽华", "items": [
          {"item": "WBC", "name": "白细胞计数", "result": "11.2", "unit": "×10^9/L",
@@ -92,7 +95,8 @@ LAB = lines([
          {"item": "PLT", "name": "血小板计数", "result": "86", "unit": "×10^9/L",
           "range": "125-350", "flag": "L"}]},
     {"report": "JY20261120002", "patient": "BA100232", "specimen": "2611200018",
-     "panel_code": "GGN", "panel": "肝功能", "collected": datetime(2026, 11, 20, 8, 3),
+     "panel_code": "GGN", "panel": "肝功能", "specimen_type": "血清", "order": "SQ2611200160",
+     "orderer": "王志强", "collected": datetime(2026, 11, 20, 8, 3),
      "tested": datetime(2026, 11, 20, 9, 12, 40), "reported": datetime(2026, 11, 20, 11, 30),
      "dept": "检验科", "doctor": "赵丽华", "items": [
          {"item": "ALT", "name": "丙氨酸氨基转移酶", "result": "56", "unit": "U/L",
@@ -111,21 +115,26 @@ LAB_STYLES = (
         "计量单位": text("unit"), "参考值范围": text("range"), "异常标志": text("flag"),
         "标本采样日期时间": when("collected", TS), "检验日期时间": when("tested", TS),
         "报告日期时间": when("reported", TS), "检验科室名称": text("dept"),
-        "报告医师签名": text("doctor")}),
+        "报告医师签名": text("doctor"), "标本类别": text("specimen_type"),
+        "电子申请单编号": text("order"), "申请医师签名": text("orderer"),
+        "申请日期时间": when("ordered", TS)}),
     Style("lab-shouye.yaml", "jybg.csv", "gbk", {
         "JYBGDH": text("report"), "BAH": text("patient"), "BBBH": text("specimen"),
         "ZHDM": text("panel_code"), "ZHMC": text("panel"), "XMDM": text("item"),
         "XMMC": text("name"), "JYJG": text("result"), "DW": text("unit"), "CKFW": text("range"),
         "YCBZ": word("flag", {"H": "偏高", "L": "偏低", "N": "正常"}),
         "CYSJ": when("collected", SECOND), "JYSJ": when("tested", SECOND),
-        "BGSJ": when("reported", SECOND), "JYKS": text("dept"), "BGYS": text("doctor")}),
+        "BGSJ": when("reported", SECOND), "JYKS": text("dept"), "BGYS": text("doctor"),
+        "BBLX": text("specimen_type"), "SQDH": text("order"), "SQYS": text("orderer"),
+        "SQSJ": when("ordered", SECOND)}),
     Style("lab-his.yaml", "lis_jyjg.csv", "gb18030", {
         "bgdh": text("report"), "patid": text("patient"), "bbh": text("specimen"),
         "zhdm": text("panel_code"), "zhmc": text("panel"), "xmdm": text("item"),
         "xmmc": text("name"), "jg": text("result"), "dw": text("unit"), "ckfw": text("range"),
         "bz": word("flag", {"H": "↑", "L": "↓", "N": "正常"}),
         "cysj": when("collected", SQL), "jysj": when("tested", SQL), "bgsj": when("reported", SQL),
-        "ks": text("dept"), "bgys": text("doctor")}),
+        "ks": text("dept"), "bgys": text("doctor"), "bblx": text("specimen_type"),
+        "sqdh": text("order"), "sqys": text("orderer"), "sqsj": when("ordered", SQL)}),
 )
 
 # -- 挂号: 门诊号 0087 is given out again the next day; one 急诊 registration is not seen yet
@@ -161,12 +170,14 @@ VISIT_STYLES = (
         "ghf": text("fee")}),
 )
 
-# -- 处方: a 西药处方 of the first 0087 visit and a 中药处方 (7付, 水煎服) of the second
+# -- 处方: a 西药处方 of the first 0087 visit and a 中药处方 (7付, 水煎服) of the second, both
+# dispensed, the 中药处方 without a 发药药师
 
 PRESCRIPTIONS = lines([
     {"no": "CF202611200031", "patient": "BA100231", "visit": "0087", "day": date(2026, 11, 20),
      "written": datetime(2026, 11, 20, 8, 45, 30), "doctor": "李卫东", "kind": "1",
-     "dispensed": "1", "lines": [
+     "dispensed": "1", "handed_over": datetime(2026, 11, 20, 9, 2, 41), "pharmacist": "孙晓梅",
+     "lines": [
          {"line": "1", "code": "Y0103045", "nhsa": "XC08CAN136A001010101446",
           "name": "硝苯地平控释片", "spec": "30mg×7片", "dose": "30", "dose_unit": "mg",
           "freq": "9", "route": "1", "qty": "7", "qty_unit": "片", "days": "7", "group": "1"},
@@ -175,7 +186,8 @@ PRESCRIPTIONS = lines([
           "freq": "1", "route": "1", "qty": "14", "qty_unit": "片", "days": "7", "group": "2"}]},
     {"no": "CF202611210007", "patient": "BA100233", "visit": "0087", "day": date(2026, 11, 21),
      "written": datetime(2026, 11, 21, 9, 30, 2), "doctor": "周慧敏", "kind": "2",
-     "dispensed": "1", "doses": "7", "decoction": "水煎服", "lines": [
+     "dispensed": "1", "handed_over": datetime(2026, 11, 21, 10, 15, 9), "doses": "7",
+     "decoction": "水煎服", "lines": [
          {"line": "1", "code": "ZY0101", "name": "黄芪", "dose": "30", "dose_unit": "g",
           "freq": "1", "route": "1", "qty": "210", "qty_unit": "g", "days": "7"},
          {"line": "2", "code": "ZY0233", "name": "丹参", "dose": "15", "dose_unit": "g",
@@ -194,7 +206,8 @@ PRESCRIPTION_STYLES = (
         "药物规格": text("spec"), "药物使用次剂量": text("dose"),
         "药物使用剂量单位": text("dose_unit"), "药物使用频次代码": text("freq"),
         "用药途径代码": text("route"), "药物发药数量": text("qty"),
-        "药物发药数量单位": text("qty_unit"), "用药天数": text("days"), "组号": text("group")}),
+        "药物发药数量单位": text("qty_unit"), "用药天数": text("days"), "组号": text("group"),
+        "发药日期时间": when("handed_over", TS), "处方发药药剂师签名": text("pharmacist")}),
     Style("prescription-shouye.yaml", "cf.csv", "gbk", {
         "CFBH": text("no"), "BAH": text("patient"), "MZH": text("visit"),
         "JZRQ": when("day", DAY), "KFSJ": when("written", SECOND), "KFYS": text("doctor"),
@@ -203,7 +216,8 @@ PRESCRIPTION_STYLES = (
         "YBBM": text("nhsa"), "YPMC": text("name"), "GG": text("spec"), "MCJL": text("dose"),
         "JLDW": text("dose_unit"), "YF": word("route", {"1": "口服"}),
         "PC": word("freq", {"1": "每日两次", "9": "每日一次"}), "SL": text("qty"),
-        "DW": text("qty_unit"), "TS": text("days"), "ZH": text("group")}),
+        "DW": text("qty_unit"), "TS": text("days"), "ZH": text("group"),
+        "FYSJ": when("handed_over", SECOND), "FYYS": text("pharmacist")}),
     # No 就诊日期 column: the HIS dates the visit by the 开方日期.
     Style("prescription-his.yaml", "xt_dzcfmx.csv", "gb18030", {
         "cfh": text("no"), "patid": text("patient"), "mzh": text("visit"),
@@ -213,7 +227,8 @@ PRESCRIPTION_STYLES = (
         "ypCode": text("code"), "ybbm": text("nhsa"), "ypmc": text("name"), "gg": text("spec"),
         "mcjl": text("dose"), "mcjldw": text("dose_unit"), "yfCode": word("route", {"1": "01"}),
         "pcCode": word("freq", {"1": "bid", "9": "qd"}), "sl": text("qty"),
-        "dw": text("qty_unit"), "ts": text("days"), "zh": text("group")}),
+        "dw": text("qty_unit"), "ts": text("days"), "zh": text("group"),
+        "fysj": when("handed_over", SQL), "fyys": text("pharmacist")}),
 )
 
 # -- 住院病案首页: an acute MI with PCI, and a 中医首页 (胸痹心痛病, 气虚血瘀证)
@@ -418,9 +433,11 @@ class Case:
 
 
 CASES = {
-    "lab": Case(LAB, LAB_STYLES, {"DiagnosticReport": 2, "Observation": 6}),
+    "lab": Case(LAB, LAB_STYLES, {"DiagnosticReport": 2, "Observation": 6, "Specimen": 2,
+                                  "ServiceRequest": 2}),
     "visit": Case(VISITS, VISIT_STYLES, {"Encounter": 3, "Condition": 2, "ChargeItem": 3}),
-    "prescription": Case(PRESCRIPTIONS, PRESCRIPTION_STYLES, {"MedicationRequest": 5}),
+    "prescription": Case(PRESCRIPTIONS, PRESCRIPTION_STYLES, {"MedicationRequest": 5,
+                                                              "MedicationDispense": 5}),
     "homepage": Case(HOMEPAGES, HOMEPAGE_STYLES, {
         "Patient": 2, "Encounter": 2, "Condition": 5, "Procedure": 1, "Observation": 3,
         "Claim": 2, "Composition": 2}),
@@ -496,6 +513,29 @@ def test_the_registration_fee_of_each_settlement_is_the_visits_charge_in_every_s
     for stored in imported("billing"):
         charges = {i for t, i in stored if t == "ChargeItem"}
         assert expected <= charges
+
+
+def test_the_lab_order_and_tube_of_every_style_carry_the_order_and_specimen_columns(
+        imported: Callable[[str], list[Stored]]) -> None:
+    for stored in imported("lab"):
+        orders = {r["code"]["text"]: r for (t, _), r in stored.items() if t == "ServiceRequest"}
+        assert orders["血常规"]["identifier"][0]["value"] == "SQ2611200153"
+        assert orders["血常规"]["requester"] == {"display": "李卫东"}
+        assert orders["血常规"]["authoredOn"] == "2026-11-20T07:40:05+08:00"
+        assert "authoredOn" not in orders["肝功能"]
+        types = {r["identifier"][0]["value"]: r["type"]["coding"][0]["code"]
+                 for (t, _), r in stored.items() if t == "Specimen"}
+        assert types == {"2611200017": "BLD", "2611200018": "SER"}
+
+
+def test_every_dispensed_line_is_handed_over_at_the_dispense_time_in_every_style(
+        imported: Callable[[str], list[Stored]]) -> None:
+    for stored in imported("prescription"):
+        dispenses = [r for (t, _), r in stored.items() if t == "MedicationDispense"]
+        assert sorted(d["whenHandedOver"] for d in dispenses) == [
+            "2026-11-20T09:02:41+08:00"] * 2 + ["2026-11-21T10:15:09+08:00"] * 3
+        assert sorted(d["performer"][0]["actor"]["display"] for d in dispenses
+                      if "performer" in d) == ["孙晓梅"] * 2
 
 
 def test_words_a_style_writes_land_as_the_standard_codes_and_the_coded_note(

@@ -27,39 +27,61 @@ ZHANG = make_id("110105", date(1962, 3, 14), 31)  # 男, 北京朝阳
 OUYANG = make_id("440106", date(1988, 11, 2), 42)  # 女, 广州天河
 MA = make_id("640102", date(1990, 5, 12), 2)  # 女, 银川 (回族)
 
-# The same three patients as each export style writes them.
+# The same three patients as each export style writes them: 居民健康卡号, 职业 (GB/T 2261.4 code,
+# HIS word), 现住址行政区划代码 and 联系人 (姓名, GB/T 4761 关系 as code and HIS word, 电话, 地址).
 PEOPLE = [
     {"id": "BA100231", "name": "张建国", "sex": ("1", "男"), "birth": ("1962-03-14", "19620314"),
-     "card": ZHANG, "eth": "01", "mar": ("20", "已婚"), "phone": "13910012345"},
+     "card": ZHANG, "eth": "01", "mar": ("20", "已婚"), "phone": "13910012345",
+     "health_card": "H110105000100231", "job": ("80", "退休"), "division": "110105",
+     "contact": ("王秀兰", ("1", "妻子"), "13910012346", "北京市朝阳区团结湖北里3号楼2单元501")},
     {"id": "BA100232", "name": "欧阳娜娜", "sex": ("2", "女"), "birth": ("1988-11-02", "19881102"),
-     "card": OUYANG, "eth": "01", "mar": ("10", "未婚"), "phone": "13602211234"},
+     "card": OUYANG, "eth": "01", "mar": ("10", "未婚"), "phone": "13602211234",
+     "health_card": "H440106000100232", "job": ("17", "职员"), "division": "440106",
+     "contact": ("欧阳建华", ("5", "父亲"), "020-87654321", "广东省广州市天河区天河北路233号")},
     {"id": "BA100233", "name": "马晓梅", "sex": ("2", "女"), "birth": ("1990-05-12", "19900512"),
-     "card": MA, "eth": "03", "mar": ("20", "已婚"), "phone": "13995012345"},
+     "card": MA, "eth": "03", "mar": ("20", "已婚"), "phone": "13995012345",
+     "health_card": "H640102000100233", "job": ("27", "农民"), "division": "640102",
+     "contact": ("马建军", ("7", "哥哥"), "13995012346", "宁夏银川市兴庆区解放东街18号")},
 ]
+OCCUPATION = "https://fhir.yilian.cn/StructureDefinition/occupation"
+DIVISION = "https://fhir.yilian.cn/StructureDefinition/address-division-code"
 
 
 
 
 def ws363_file(tmp: Path) -> Path:
+    """WS 363 style: no 职业 column (its 职业类别代码 is GB/T 6565, see patient-ws363.yaml)."""
     return write_csv(tmp / "患者基本信息.csv",
                      ["患者ID", "姓名", "性别代码", "出生日期", "身份证件类别代码", "身份证件号码",
-                      "民族", "婚姻状况代码", "电话号码", "病案号"],
+                      "民族", "婚姻状况代码", "电话号码", "病案号", "现住址行政区划代码",
+                      "居民健康卡号", "联系人姓名", "联系人与患者的关系代码", "联系人电话号码",
+                      "联系人地址"],
                      [[p["id"], p["name"], p["sex"][0], p["birth"][0], "01", p["card"], p["eth"],
-                       p["mar"][0], p["phone"], p["id"]] for p in PEOPLE], "utf-8")
+                       p["mar"][0], p["phone"], p["id"], p["division"], p["health_card"],
+                       p["contact"][0], p["contact"][1][0], p["contact"][2], p["contact"][3]]
+                      for p in PEOPLE], "utf-8")
 
 
 def shouye_file(tmp: Path) -> Path:
+    """首页 style: no 行政区划代码 column."""
     return write_csv(tmp / "basy.csv",
-                     ["BAH", "XM", "XB", "CSRQ", "ZJLX", "SFZH", "MZ", "HY", "DH"],
+                     ["BAH", "XM", "XB", "CSRQ", "ZJLX", "SFZH", "MZ", "HY", "DH", "JKKH", "ZY",
+                      "LXRXM", "GX", "LXRDH", "LXRDZ"],
                      [[p["id"], p["name"], p["sex"][0], p["birth"][1], "01", p["card"], p["eth"],
-                       p["mar"][0], p["phone"]] for p in PEOPLE], "gbk")
+                       p["mar"][0], p["phone"], p["health_card"], p["job"][0], p["contact"][0],
+                       p["contact"][1][0], p["contact"][2], p["contact"][3]] for p in PEOPLE],
+                     "gbk")
 
 
 def his_file(tmp: Path) -> Path:
+    """HIS style: every element, 性别, 婚姻, 职业 and 联系人关系 as words."""
     return write_csv(tmp / "xt_brjbxx.csv",
-                     ["patid", "xm", "xb", "csny", "zjlx", "zjh", "mz", "hyzk", "dh"],
+                     ["patid", "xm", "xb", "csny", "zjlx", "zjh", "mz", "hyzk", "dh", "xzzqh",
+                      "jkkh", "zy", "lxr", "lxrgx", "lxrdh", "lxrdz"],
                      [[p["id"], p["name"], p["sex"][1], p["birth"][0], "01", p["card"], p["eth"],
-                       p["mar"][1], p["phone"]] for p in PEOPLE], "gb18030")
+                       p["mar"][1], p["phone"], p["division"], p["health_card"], p["job"][1],
+                       p["contact"][0], p["contact"][1][1], p["contact"][2], p["contact"][3]]
+                      for p in PEOPLE], "gb18030")
 
 
 def run_import(tmp: Path, mapping_name: str, files: list[Path]) -> tuple[ImportReport,
@@ -83,6 +105,22 @@ def without_meta(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "meta"} for r in resources]
 
 
+def without_extension(patients: list[dict[str, Any]], url: str) -> list[dict[str, Any]]:
+    """The patients as a style without the column behind extension `url` would give them."""
+    out = []
+    for patient in patients:
+        copy = orjson.loads(orjson.dumps(patient))
+        for holder in (copy, *copy.get("address", [])):
+            holder["extension"] = [e for e in holder.get("extension", []) if e["url"] != url]
+            if not holder["extension"]:
+                del holder["extension"]
+        copy["address"] = [a for a in copy.get("address", []) if set(a) != {"use"}]
+        if not copy["address"]:
+            del copy["address"]
+        out.append(copy)
+    return out
+
+
 def test_three_export_styles_import_the_same_hospital_to_the_same_fhir(tmp_path: Path) -> None:
     results = []
     for name, make in (("patient-ws363.yaml", ws363_file), ("patient-shouye.yaml", shouye_file),
@@ -93,10 +131,27 @@ def test_three_export_styles_import_the_same_hospital_to_the_same_fhir(tmp_path:
         assert report.rows_rejected == 0, report.rejections
         assert len(patients) == 3
         results.append(without_meta(patients))
-    assert results[0] == results[1] == results[2]
-    ma = next(p for p in results[0] if p["name"][0]["text"] == "马晓梅")
+    ws363, shouye, his = results
+    # The HIS export has every element; each other style lacks one column, and agrees with it
+    # on everything else.
+    assert ws363 == without_extension(his, OCCUPATION)
+    assert shouye == without_extension(his, DIVISION)
+    ma = next(p for p in his if p["name"][0]["text"] == "马晓梅")
     assert {"system": "urn:oid:2.16.156.10011.1.3", "value": MA} in [
         {k: i[k] for k in ("system", "value")} for i in ma["identifier"]]
+    assert {"system": "urn:oid:2.16.156.10011.1.19", "value": "H640102000100233"} in [
+        {k: i[k] for k in ("system", "value")} for i in ma["identifier"]]
+    assert ma["extension"][1]["valueCodeableConcept"]["coding"][0]["code"] == "27"
+    assert ma["address"][0]["extension"][0]["valueCoding"]["code"] == "640102"
+    for patient, person in zip(sorted(his, key=lambda p: p["identifier"][0]["value"]),
+                               sorted(PEOPLE, key=lambda p: p["card"]), strict=True):
+        [contact] = patient["contact"]
+        assert contact["name"] == {"text": person["contact"][0]}
+        assert contact["relationship"][0]["coding"][0]["code"] == person["contact"][1][0]
+        assert contact["telecom"][0]["value"] == person["contact"][2]
+        assert contact["address"] == {"text": person["contact"][3]}
+    # 哥哥 through the HIS values table: 7 兄、弟、姐、妹, v3 sibling, as the code gives it
+    assert ma["contact"][0]["relationship"][0]["coding"][1]["code"] == "SIB"
 
 
 def test_rejected_rows_are_reported_with_file_line_column_and_rule(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
-"""检验报告 LIS rows → FHIR R4 DiagnosticReport + Observations (app.cnemr.lab)."""
+"""检验报告 LIS rows → FHIR R4 ServiceRequest, Specimen, DiagnosticReport and Observations
+(app.cnemr.lab)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from app.cnemr.context import (
     patient_resource_id,
 )
 from app.cnemr.errors import RowError
-from app.cnemr.lab import map_lab_rows
+from app.cnemr.lab import lab_order_resource_id, map_lab_rows, specimen_resource_id
 from app.cnemr.patient import map_patient
 from app.cnemr.visit import map_visit
 from app.config import Settings
@@ -25,6 +27,7 @@ from app.definitions.profiles import load_profile_resources
 from app.definitions.registry import load_registry
 from app.fhir.profile_validation import ProfileValidator
 from app.fhir.validation import validate_resource
+from tests.cnemr.exports import import_export, write_csv
 
 HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
 LOINC = "http://loinc.org"
@@ -32,6 +35,7 @@ UCUM = "http://unitsofmeasure.org"
 PROFILE = "https://fhir.yilian.cn/StructureDefinition/"
 CN_PROFILE = {"Observation": PROFILE + "cn-observation-lab",
               "DiagnosticReport": PROFILE + "cn-diagnostic-report"}
+NO_PROFILE = {"Specimen", "ServiceRequest"}  # held to R4 alone: fhir_profiles/ has none
 REGISTRY = load_registry()
 PROFILES = ProfileValidator(load_profile_resources(Settings().profiles_dir), REGISTRY)
 
@@ -61,7 +65,10 @@ CBC = [
 def mapped(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[RowError]]:
     resources, errors = map_lab_rows(rows, HOSPITAL)
     for resource in resources:
-        assert resource["meta"]["profile"] == [CN_PROFILE[resource["resourceType"]]]
+        if resource["resourceType"] in NO_PROFILE:
+            assert "meta" not in resource
+        else:
+            assert resource["meta"]["profile"] == [CN_PROFILE[resource["resourceType"]]]
         issues = [i for i in validate_resource(resource, REGISTRY)
                   + PROFILES.declared_issues(resource) if i.severity in ("error", "fatal")]
         assert issues == [], (resource["resourceType"], issues)
@@ -73,15 +80,24 @@ def by_code(resources: list[dict[str, Any]], local: str) -> dict[str, Any]:
                 and any(c["code"] == local for c in r["code"]["coding"]))
 
 
+def only(resources: list[dict[str, Any]], rtype: str) -> dict[str, Any]:
+    [resource] = [r for r in resources if r["resourceType"] == rtype]
+    return resource
+
+
 def report_of(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    [report] = [r for r in resources if r["resourceType"] == "DiagnosticReport"]
-    return report
+    return only(resources, "DiagnosticReport")
+
+
+def observations(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in resources if r["resourceType"] == "Observation"]
 
 
 def test_a_cbc_report_maps_to_a_lab_report_with_one_observation_per_item() -> None:
     resources, errors = mapped(CBC)
     assert errors == []
-    assert [r["resourceType"] for r in resources] == ["Observation"] * 4 + ["DiagnosticReport"]
+    assert [r["resourceType"] for r in resources] == [
+        "Specimen", "ServiceRequest", *["Observation"] * 4, "DiagnosticReport"]
     report = report_of(resources)
     assert report["id"] == lab_report_resource_id(HOSPITAL, "JY20261120000731")
     assert report["identifier"][0]["system"] == "urn:oid:2.16.156.10011.1.33"
@@ -89,7 +105,8 @@ def test_a_cbc_report_maps_to_a_lab_report_with_one_observation_per_item() -> No
     assert report["category"][0]["coding"][0]["code"] == "LAB"
     assert report["code"]["coding"][0] == {"system": LOINC, "code": "58410-2",
                                            "display": "CBC panel - Blood by Automated count"}
-    assert report["result"] == [{"reference": f"Observation/{r['id']}"} for r in resources[:4]]
+    assert report["result"] == [{"reference": f"Observation/{r['id']}"}
+                                for r in observations(resources)]
     assert report["performer"] == [{"display": "检验科"}]
     assert report["resultsInterpreter"] == [{"display": "单雄信"}]
 
@@ -99,8 +116,12 @@ def test_every_resource_points_at_the_same_patient_and_encounter_as_the_patient_
     resources, _ = mapped(CBC)
     for resource in resources:
         assert resource["subject"] == {"reference": f"Patient/{patient['id']}"}
+        if resource["resourceType"] == "Specimen":
+            continue
         assert resource["encounter"] == {
             "reference": "Encounter/" + encounter_resource_id(HOSPITAL, "MZ2611200087")}
+        if resource["resourceType"] == "ServiceRequest":
+            continue
         assert resource["effectiveDateTime"] == "2026-11-20T07:42:00+08:00"
         assert resource["issued"] == "2026-11-20T09:15:30+08:00"
     assert patient["id"] == patient_resource_id(HOSPITAL, "0001023456")
@@ -186,7 +207,8 @@ def test_full_width_digits_in_results_are_read_as_numbers() -> None:
 def test_a_blank_result_rejects_only_that_item_and_names_its_row() -> None:
     rows = [*CBC[:2], item("HCT", "红细胞压积", "", "%", "35-45")]
     resources, errors = mapped(rows)
-    assert [r["resourceType"] for r in resources] == ["Observation"] * 2 + ["DiagnosticReport"]
+    assert [r["resourceType"] for r in observations(resources)] == ["Observation"] * 2
+    assert len(report_of(resources)["result"]) == 2
     [error] = errors
     assert (error.field, error.rule, error.severity, error.row) == (
         "result", "result-required", "error", 2)
@@ -209,10 +231,14 @@ def test_rows_of_one_report_that_disagree_on_the_patient_reject_the_report() -> 
     ("visit_id", "MZ2611200088"), ("visit_no", "0000872"), ("visit_date", "2026-11-21"),
     ("specimen_no", "2611200732"), ("panel_code", "SHQ"), ("panel_name", "肝功能"),
     ("collected_time", "2026/11/20 07:50"), ("test_time", "2026-11-20 08:30:00"),
-    ("report_time", "20261120101500"), ("department", "急诊检验科"), ("doctor", "王海涛")])
+    ("report_time", "20261120101500"), ("department", "急诊检验科"), ("doctor", "王海涛"),
+    ("specimen_type", "血浆"), ("order_no", "SQ2611200332"), ("ordering_doctor", "李卫东"),
+    ("order_time", "2026-11-20 07:20")])
 def test_rows_that_disagree_on_any_report_level_value_reject_the_whole_report(
         key: str, other: str) -> None:
-    rows = [{**r, "visit_no": "0000871", "visit_date": "2026-11-20"} for r in CBC]
+    rows = [{**r, "visit_no": "0000871", "visit_date": "2026-11-20", "specimen_type": "全血",
+             "order_no": "SQ2611200331", "ordering_doctor": "王建华",
+             "order_time": "2026-11-20 07:15"} for r in CBC]
     rows[3] = {**rows[3], key: other}
     resources, errors = mapped(rows)
     assert resources == []
@@ -238,7 +264,7 @@ def test_an_outpatient_number_and_visit_date_link_to_the_registration_encounter(
     expected = {"reference": "Encounter/" + registration[0]["id"]}
     assert expected == {"reference": "Encounter/" + encounter_resource_id(
         HOSPITAL, outpatient_visit_key("0000871", "2026-11-20"))}
-    assert all(r["encounter"] == expected for r in resources)
+    assert all(r["encounter"] == expected for r in resources if r["resourceType"] != "Specimen")
 
 
 def test_without_a_visit_date_the_outpatient_visit_is_that_of_the_collection_day() -> None:
@@ -367,7 +393,8 @@ CELL = st.one_of(st.none(), st.text(max_size=16), st.integers(), st.floats(allow
 LAB_FIELDS = ("report_id", "patient_id", "visit_id", "visit_no", "visit_date", "item_code",
               "item_name", "result", "unit",
               "reference_range", "abnormal_flag", "specimen_no", "panel_code", "panel_name",
-              "collected_time", "test_time", "report_time", "department", "doctor")
+              "collected_time", "test_time", "report_time", "department", "doctor",
+              "specimen_type", "order_no", "ordering_doctor", "order_time")
 
 
 @settings(max_examples=200, deadline=None)
@@ -387,7 +414,8 @@ def test_report_level_values_given_on_one_row_only_apply_to_the_whole_report() -
     assert errors == []
     assert {r["subject"]["reference"] for r in resources} == {
         "Patient/" + patient_resource_id(HOSPITAL, "0001023456")}
-    assert all("encounter" in r and "issued" in r for r in resources)
+    assert all("encounter" in r and "issued" in r
+               for r in [*observations(resources), report_of(resources)])
 
 
 def test_line_breaks_inside_exported_cells_give_valid_codes() -> None:
@@ -395,3 +423,170 @@ def test_line_breaks_inside_exported_cells_give_valid_codes() -> None:
     resources, _ = mapped([item("WBC\r\n01", "白细胞\n计数", "6.5", "10^9/L", "3.5-9.5")])
     obs = by_code(resources, "WBC 01")
     assert obs["code"]["text"] == "白细胞 计数"
+
+
+ORDERED = [{**r, "specimen_type": "全血", "order_no": "SQ2611200331", "ordering_doctor": "王建华",
+            "order_time": "2026-11-20 07:15"} for r in CBC]
+
+
+def test_the_specimen_number_becomes_a_specimen_every_result_of_the_report_points_at() -> None:
+    resources, errors = mapped(ORDERED)
+    assert errors == []
+    specimen = only(resources, "Specimen")
+    assert specimen["id"] == specimen_resource_id(HOSPITAL, "0001023456", "2611200731")
+    assert specimen["identifier"] == [{"type": {"text": "标本编号"},
+                                       "system": "urn:oid:2.16.156.10011.1.14",
+                                       "value": "2611200731"}]
+    assert specimen["type"] == {"text": "全血", "coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v2-0487", "code": "BLD",
+        "display": "Whole blood"}]}
+    assert specimen["subject"] == {"reference": "Patient/" + patient_resource_id(
+        HOSPITAL, "0001023456")}
+    # The 采样时间, not the 检验时间.
+    assert specimen["collection"] == {"collectedDateTime": "2026-11-20T07:42:00+08:00"}
+    link = [{"reference": f"Specimen/{specimen['id']}"}]
+    assert report_of(resources)["specimen"] == link
+    assert only(resources, "ServiceRequest")["specimen"] == link
+    assert all(o["specimen"] == link[0] for o in observations(resources))
+
+
+@pytest.mark.parametrize(("written", "code"), [
+    ("血清", "SER"), ("血浆", "PLAS"), ("尿液", "UR"), ("脑脊液", "CSF"), ("粪便", "STL"),
+    ("ser", "SER")])
+def test_specimen_types_with_one_meaning_get_their_hl7_v2_0487_code(written: str,
+                                                                    code: str) -> None:
+    resources, errors = mapped([item("K", "钾", "4.1", "mmol/L", "3.5-5.3",
+                                     specimen_type=written)])
+    assert errors == []
+    specimen_type = only(resources, "Specimen")["type"]
+    assert specimen_type["text"] == written
+    assert specimen_type["coding"][0]["code"] == code
+
+
+def test_a_specimen_type_without_one_v2_code_is_kept_as_text_alone() -> None:
+    resources, errors = mapped([item("K", "钾", "4.1", "mmol/L", "3.5-5.3",
+                                     specimen_type="静脉血")])
+    assert errors == []
+    assert only(resources, "Specimen")["type"] == {"text": "静脉血"}
+
+
+def test_a_specimen_without_a_collection_time_has_no_collection() -> None:
+    rows = [{**r, "collected_time": ""} for r in CBC]
+    resources, errors = mapped(rows)
+    assert errors == []
+    assert "collection" not in only(resources, "Specimen")
+    assert report_of(resources)["effectiveDateTime"] == "2026-11-20T08:15:00+08:00"
+
+
+def test_each_report_answers_a_completed_lab_order_with_the_same_panel_code() -> None:
+    resources, errors = mapped(ORDERED)
+    assert errors == []
+    order = only(resources, "ServiceRequest")
+    report = report_of(resources)
+    assert order["id"] == lab_order_resource_id(HOSPITAL, "JY20261120000731")
+    assert report["basedOn"] == [{"reference": f"ServiceRequest/{order['id']}"}]
+    assert order["identifier"] == [{"type": {"text": "电子申请单编号"},
+                                    "system": "urn:oid:2.16.156.10011.1.24",
+                                    "value": "SQ2611200331"}]
+    assert (order["status"], order["intent"]) == ("completed", "order")
+    assert order["category"] == [{"coding": [{"system": "http://snomed.info/sct",
+                                              "code": "108252007",
+                                              "display": "Laboratory procedure"}]}]
+    assert order["code"] == report["code"]
+    assert order["code"]["coding"][0]["code"] == "58410-2"
+    assert order["subject"] == report["subject"]
+    assert order["encounter"] == report["encounter"]
+    assert order["requester"] == {"display": "王建华"}
+    assert order["authoredOn"] == "2026-11-20T07:15:00+08:00"
+
+
+def test_a_report_without_order_details_still_has_its_order_without_them() -> None:
+    resources, errors = mapped(CBC)
+    assert errors == []
+    order = only(resources, "ServiceRequest")
+    assert not {"identifier", "requester", "authoredOn"} & set(order)
+    assert report_of(resources)["basedOn"] == [{"reference": f"ServiceRequest/{order['id']}"}]
+
+
+def test_a_bad_order_time_is_left_out_with_a_warning() -> None:
+    rows = [{**r, "order_time": "2026-11-31 07:15"} for r in ORDERED]
+    resources, errors = mapped(rows)
+    assert "authoredOn" not in only(resources, "ServiceRequest")
+    assert [(e.field, e.value, e.rule, e.severity, e.row) for e in errors] == [
+        ("order_time", "2026-11-31 07:15", "date-calendar", "warning", 0)]
+
+
+def test_a_report_whose_every_item_is_rejected_writes_no_order_or_specimen() -> None:
+    resources, errors = mapped([{**ORDERED[0], "result": ""}])
+    assert resources == []
+    assert [(e.field, e.severity) for e in errors] == [("result", "error")]
+
+
+def test_two_reports_of_one_tube_share_one_specimen() -> None:
+    serum = {"specimen_no": "2611200740", "specimen_type": "血清",
+             "collected_time": "2026-11-20 07:45"}
+    liver = {**item("ALT", "丙氨酸氨基转移酶", "23", "U/L", "9-50"), **serum,
+             "report_id": "JY20261120000740", "panel_name": "肝功能"}
+    kidney = {**item("CREA", "肌酐", "68", "umol/L", "41-73"), **serum,
+              "report_id": "JY20261120000741", "panel_name": "肾功能"}
+    resources, errors = mapped([liver, kidney])
+    assert errors == []
+    [specimen] = [r for r in resources if r["resourceType"] == "Specimen"]
+    reports = [r for r in resources if r["resourceType"] == "DiagnosticReport"]
+    assert [r["specimen"] for r in reports] == [[{"reference": f"Specimen/{specimen['id']}"}]] * 2
+    assert len({r["id"] for r in resources if r["resourceType"] == "ServiceRequest"}) == 2
+
+
+def test_reports_describing_one_tube_differently_keep_the_first_and_warn() -> None:
+    liver = {**item("ALT", "丙氨酸氨基转移酶", "23", "U/L", "9-50"),
+             "report_id": "JY20261120000740", "specimen_no": "2611200740",
+             "specimen_type": "血清"}
+    kidney = {**item("CREA", "肌酐", "68", "umol/L", "41-73"),
+              "report_id": "JY20261120000741", "specimen_no": "2611200740",
+              "specimen_type": "血浆"}
+    resources, errors = mapped([liver, kidney])
+    [specimen] = [r for r in resources if r["resourceType"] == "Specimen"]
+    assert specimen["type"]["text"] == "血清"
+    assert [(e.field, e.value, e.rule, e.severity, e.row) for e in errors] == [
+        ("specimen_type", "血浆", "specimen-conflict", "warning", 1)]
+    assert "2611200740" in errors[0].message
+
+
+def test_one_sample_number_of_two_patients_is_two_specimens() -> None:
+    # A SampleNo is an instrument's number of the day: two patients may carry the same one.
+    first = item("K", "钾", "4.1", "mmol/L", "3.5-5.3", specimen_no="0017")
+    second = {**item("K", "钾", "3.2", "mmol/L", "3.5-5.3", "L", specimen_no="0017"),
+              "report_id": "JY20261121000017", "patient_id": "0001023999"}
+    resources, errors = mapped([first, second])
+    assert errors == []
+    specimens = [r for r in resources if r["resourceType"] == "Specimen"]
+    assert len({s["id"] for s in specimens}) == 2
+    assert {s["subject"]["reference"] for s in specimens} == {
+        "Patient/" + patient_resource_id(HOSPITAL, p) for p in ("0001023456", "0001023999")}
+
+
+def test_a_lis_export_with_order_and_tube_columns_imports_one_tube_for_two_reports(
+        tmp_path: Path) -> None:
+    header = ["ReportID", "PatientID", "Barcode", "SampleType", "RequestNo", "RequestDoctor",
+              "RequestTime", "GroupName", "ItemNo", "ItemName", "Result", "Units", "RefRange",
+              "SampleTime", "ReportTime"]
+    tube = ["0001023456", "2611200740", "血清"]
+    rows = [["JY20261120000740", *tube, "SQ2611200412", "李卫东", "2026-11-20 07:20:00", "肝功能",
+             "ALT", "丙氨酸氨基转移酶", "56", "U/L", "7-40", "2026-11-20 07:45:00",
+             "2026-11-20 10:05:00"],
+            ["JY20261120000741", *tube, "SQ2611200412", "李卫东", "2026-11-20 07:20:00", "肾功能",
+             "CREA", "肌酐", "68", "umol/L", "41-73", "2026-11-20 07:45:00",
+             "2026-11-20 10:06:00"]]
+    path = write_csv(tmp_path / "lis_result.csv", header, rows)
+    report, stored = import_export(tmp_path, "lab-lis.yaml", [path], HOSPITAL)
+    assert (report.rows_rejected, report.rejections) == (0, [])
+    [specimen] = [r for (t, _), r in stored.items() if t == "Specimen"]
+    assert specimen["type"]["coding"][0]["code"] == "SER"
+    assert specimen["collection"] == {"collectedDateTime": "2026-11-20T07:45:00+08:00"}
+    reports = [r for (t, _), r in stored.items() if t == "DiagnosticReport"]
+    assert [r["specimen"] for r in reports] == [[{"reference": f"Specimen/{specimen['id']}"}]] * 2
+    orders = {r["id"]: r for (t, _), r in stored.items() if t == "ServiceRequest"}
+    assert {r["basedOn"][0]["reference"].removeprefix("ServiceRequest/")
+            for r in reports} == set(orders)
+    assert {o["identifier"][0]["value"] for o in orders.values()} == {"SQ2611200412"}
+    assert {o["authoredOn"] for o in orders.values()} == {"2026-11-20T07:20:00+08:00"}

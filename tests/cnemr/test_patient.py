@@ -9,9 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.cnemr import patient as patient_module
 from app.cnemr.context import Hospital, patient_resource_id
 from app.cnemr.errors import RowError
 from app.cnemr.patient import map_patient
+from app.cnemr.terminology import codes
 from app.config import Settings
 from app.definitions.profiles import load_profile_resources
 from app.definitions.registry import load_registry
@@ -23,12 +25,23 @@ from app.samples.identity import check_digit, make_id
 HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
 ID_CARD = "urn:oid:2.16.156.10011.1.3"
 MRN = "urn:oid:2.16.156.10011.1.13"
+HEALTH_CARD = "urn:oid:2.16.156.10011.1.19"
+GB_RELATION = "urn:oid:2.16.156.10011.2.3.3.8"
+GB_OCCUPATION = "urn:oid:2.16.156.10011.2.3.3.13"
+GB_DIVISION = "urn:oid:2.16.156.10011.2.3.3.2"
+ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+EXT_OCCUPATION = "https://fhir.yilian.cn/StructureDefinition/occupation"
+EXT_DIVISION = "https://fhir.yilian.cn/StructureDefinition/address-division-code"
 CN_PATIENT = "https://fhir.yilian.cn/StructureDefinition/cn-patient"
 REGISTRY = load_registry()
 PROFILES = ProfileValidator(load_profile_resources(Settings().profiles_dir), REGISTRY)
 
 OUYANG_ID = make_id("440106", date(1996, 2, 6), 124)  # 广州天河, female
 SHAN_ID = make_id("140105", date(1958, 9, 3), 317)  # 太原小店, male
+# 欧阳娜娜's 居民健康卡, 职业 and 联系人 (her father), as a 首页 records them.
+CONTACT = {"health_card_no": "H440106001234567", "occupation_code": "31",
+           "address_code": "440106", "contact_name": "欧阳建华", "contact_relation": "5",
+           "contact_phone": "13902201234", "contact_address": "广东省广州市天河区天河北路233号"}
 
 
 def row(**overrides: Any) -> dict[str, Any]:
@@ -75,6 +88,152 @@ def test_a_complete_row_maps_every_data_element_and_validates() -> None:
     assert [c["code"] for c in patient["maritalStatus"]["coding"]] == ["10", "S"]
     assert patient["telecom"] == [{"system": "phone", "value": "13800138000", "use": "mobile"}]
     assert patient["address"] == [{"use": "home", "text": "广东省广州市天河区天河路385号"}]
+
+
+def test_the_health_card_occupation_division_and_contact_elements_map_and_validate() -> None:
+    patient, errors = mapped(row(**CONTACT))
+    assert errors == []
+    card = next(i for i in patient["identifier"] if i["system"] == HEALTH_CARD)
+    assert card["value"] == "H440106001234567"
+    assert card["type"]["coding"][0]["code"] == "HC"
+    assert identifier(patient, ID_CARD) == OUYANG_ID  # beside, not instead of, the 身份证号
+    assert patient["extension"][1] == {"url": EXT_OCCUPATION, "valueCodeableConcept": {
+        "coding": [{"system": GB_OCCUPATION, "code": "31", "display": "学生"}], "text": "学生"}}
+    assert patient["address"] == [{
+        "use": "home", "text": "广东省广州市天河区天河路385号",
+        "extension": [{"url": EXT_DIVISION,
+                       "valueCoding": {"system": GB_DIVISION, "code": "440106"}}]}]
+    assert patient["contact"] == [{
+        "relationship": [{"coding": [
+            {"system": GB_RELATION, "code": "5", "display": "父母"},
+            {"system": ROLE_CODE, "code": "PRN", "display": "parent"}], "text": "父母"}],
+        "name": {"text": "欧阳建华"},
+        "telecom": [{"system": "phone", "value": "13902201234", "use": "mobile"}],
+        "address": {"text": "广东省广州市天河区天河北路233号"}}]
+
+
+@pytest.mark.parametrize(("relation", "gb", "role"), [
+    ("0", "0", "ONESELF"), ("1", "1", "SPS"), ("2", "2", "SONC"), ("3", "3", "DAUC"),
+    ("4", "4", "GRNDCHILD"), ("5", "5", "PRN"), ("6", "6", "GRPRN"), ("7", "7", "SIB"),
+    ("8", "8", None), ("１", "1", "SPS"),
+])
+def test_contact_relations_are_gbt_4761_codes_translated_to_v3_role_codes(
+        relation: str, gb: str, role: str | None) -> None:
+    patient, errors = mapped(row(contact_name="欧阳建华", contact_relation=relation))
+    assert errors == []
+    [relationship] = patient["contact"][0]["relationship"]
+    assert [(c["system"], c["code"]) for c in relationship["coding"]] == [
+        (GB_RELATION, gb), *([(ROLE_CODE, role)] if role else [])]
+
+
+@pytest.mark.parametrize(("word", "gb", "role"), [
+    ("配偶", "1", "SPS"), ("妻子", "1", "SPS"), ("女儿", "3", "DAUC"), ("父亲", "5", "PRN"),
+    ("外婆", "6", "GRPRN"), ("兄、弟、姐、妹", "7", "SIB"), ("其他", "8", None),
+])
+def test_a_relation_written_as_a_word_gets_its_code_and_keeps_the_word(
+        word: str, gb: str, role: str | None) -> None:
+    patient, errors = mapped(row(contact_name="欧阳建华", contact_relation=word))
+    assert errors == []
+    [relationship] = patient["contact"][0]["relationship"]
+    assert [c["code"] for c in relationship["coding"]] == [gb, *([role] if role else [])]
+    assert relationship["text"] == word
+
+
+@pytest.mark.parametrize("relation", ["女婿", "同事", "11", "9"])
+def test_a_relation_outside_gbt_4761_is_reported_and_kept_as_text_only(relation: str) -> None:
+    patient, errors = mapped(row(contact_name="李卫东", contact_phone="13501234567",
+                                 contact_relation=relation))
+    assert patient["contact"][0]["relationship"] == [{"text": relation}]
+    assert patient["contact"][0]["name"] == {"text": "李卫东"}
+    assert [(e.field, e.value, e.rule, e.severity) for e in errors] == [
+        ("contact_relation", relation, "gbt-4761", "warning")]
+
+
+def test_a_relation_without_a_name_phone_or_address_leaves_the_contact_out() -> None:
+    patient, errors = mapped(row(contact_relation="1", contact_phone="不详"))
+    assert "contact" not in patient
+    assert [(e.field, e.rule) for e in errors] == [("contact_phone", "phone-format"),
+                                                   ("contact_relation", "contact-details")]
+    assert all(e.severity == "warning" for e in errors)
+
+
+def test_a_contact_with_only_a_phone_is_kept_and_two_numbers_make_two_telecoms() -> None:
+    patient, errors = mapped(row(contact_phone="13902201234/020-87654321"))
+    assert errors == []
+    assert patient["contact"] == [{"telecom": [
+        {"system": "phone", "value": "13902201234", "use": "mobile"},
+        {"system": "phone", "value": "020-87654321"}]}]
+
+
+def test_the_health_card_number_is_folded_and_a_malformed_one_reported_masked() -> None:
+    patient, errors = mapped(row(health_card_no="Ｈ4401 0600 1234 567"))
+    assert errors == []
+    assert identifier(patient, HEALTH_CARD) == "H440106001234567"
+    bad = "H4401060012#4567"
+    patient, errors = mapped(row(health_card_no=bad))
+    assert identifier(patient, HEALTH_CARD) is None
+    [error] = errors
+    assert (error.field, error.rule, error.severity) == ("health_card_no", "health-card-format",
+                                                         "warning")
+    assert bad not in error.value and error.value.endswith("4567")
+
+
+def test_a_health_card_number_that_is_the_id_number_never_appears_in_a_report() -> None:
+    too_long = OUYANG_ID + "-01"
+    _, errors = mapped(row(health_card_no=too_long))
+    [error] = errors
+    assert OUYANG_ID not in error.value and OUYANG_ID not in error.message
+
+
+def test_a_division_code_without_an_address_text_still_gives_a_home_address() -> None:
+    patient, errors = mapped(row(address="", address_code=" 110105 "))
+    assert errors == []
+    assert patient["address"] == [{"use": "home", "extension": [
+        {"url": EXT_DIVISION, "valueCoding": {"system": GB_DIVISION, "code": "110105"}}]}]
+
+
+@pytest.mark.parametrize("code", ["4401", "000000", "991234", "44010A", "4401060", "广州市天河区"])
+def test_a_division_code_that_is_not_gbt_2260_is_left_out_and_the_address_kept(code: str) -> None:
+    patient, errors = mapped(row(address_code=code))
+    assert patient["address"] == [{"use": "home", "text": "广东省广州市天河区天河路385号"}]
+    assert [(e.field, e.value, e.rule, e.severity) for e in errors] == [
+        ("address_code", code, "gbt-2260", "warning")]
+
+
+@pytest.mark.parametrize(("written", "code"), [
+    ("11", "11"), ("80", "80"), ("农民", "27"), ("退(离)休人员", "80"), ("退（离）休人员", "80"),
+    ("退休", "80"), ("个体户", "54"), ("９０", "90"),
+])
+def test_occupation_codes_and_names_follow_gbt_2261_4(written: str, code: str) -> None:
+    patient, errors = mapped(row(occupation_code=written, ethnicity_code=""))
+    assert errors == []
+    assert patient["extension"][0]["valueCodeableConcept"]["coding"] == [
+        {"system": GB_OCCUPATION, "code": code, "display": {
+            "11": "国家公务员", "27": "农民", "54": "个体经营者", "80": "退(离)休人员",
+            "90": "其他"}[code]}]
+
+
+@pytest.mark.parametrize("written", ["12", "教师", "1"])
+def test_an_occupation_outside_gbt_2261_4_is_left_out_and_reported(written: str) -> None:
+    patient, errors = mapped(row(occupation_code=written))
+    assert [e["url"] for e in patient["extension"]] == [EXT_ETHNICITY]
+    assert [(e.field, e.value, e.rule, e.severity) for e in errors] == [
+        ("occupation_code", written, "gbt-2261.4", "warning")]
+
+
+def test_the_new_extensions_conform_to_their_structure_definitions() -> None:
+    patient, _ = mapped(row(**CONTACT))
+    division = patient["address"][0]["extension"][0]
+    occupation = patient["extension"][1]
+    for ext in (division, occupation):
+        assert PROFILES.validate({"resourceType": "Extension", **ext}, ext["url"]) == []
+    # and the definitions do check: a 4-digit code and a code outside GB/T 2261.4 fail
+    short = {**division, "valueCoding": {"system": GB_DIVISION, "code": "4401"}}
+    other = {**occupation, "valueCodeableConcept": {"coding": [
+        {"system": GB_OCCUPATION, "code": "12"}]}}
+    for ext, rule in ((short, "cn-adc-1"), (other, "gbt-2261-4-occupation")):
+        issues = PROFILES.validate({"resourceType": "Extension", **ext}, ext["url"])
+        assert any(rule in i.diagnostics for i in issues), issues
 
 
 @pytest.mark.parametrize(("name", "family", "given"), [
@@ -233,9 +392,11 @@ def test_the_his_patient_id_is_typed_as_a_patient_internal_identifier() -> None:
 
 CELL = st.one_of(st.none(), st.text(max_size=24), st.integers(), st.floats(allow_nan=True),
                  st.sampled_from(["", "  ", "１", "X", "19960230", "130503670401001",
-                                  OUYANG_ID, "欧阳", "·", "--"]))
+                                  OUYANG_ID, "欧阳", "·", "--", "5", "440106", "退休"]))
 FIELDS = ("patient_id", "name", "gender_code", "birth_date", "id_type_code", "id_number",
-          "ethnicity_code", "marital_status_code", "phone", "address", "medical_record_no")
+          "ethnicity_code", "marital_status_code", "phone", "address", "medical_record_no",
+          "address_code", "health_card_no", "occupation_code", "contact_name",
+          "contact_relation", "contact_phone", "contact_address")
 
 
 @settings(max_examples=300, deadline=None)
@@ -246,3 +407,15 @@ def test_no_row_content_makes_the_mapper_raise_or_emit_invalid_fhir(r: dict[str,
         issues = validate_resource(resource, REGISTRY) + PROFILES.declared_issues(resource)
         assert [i for i in issues if i.severity in ("error", "fatal")] == []
     assert all(e.rule and e.message for e in errors)
+
+
+def test_the_relation_and_occupation_words_resolve_to_codes_of_their_tables() -> None:
+    # Source spellings stay in the mapper; what they resolve to must be a code, and every code
+    # of both tables is accepted as written.
+    assert set(patient_module._RELATION_TEXT.values()) <= set(codes(GB_RELATION))
+    assert set(patient_module._OCCUPATION_TEXT.values()) <= set(codes(GB_OCCUPATION))
+    for code, display in codes(GB_OCCUPATION).items():
+        for written in (code, display):
+            patient, errors = mapped(row(occupation_code=written, ethnicity_code=""))
+            assert errors == []
+            assert patient["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == code

@@ -1,4 +1,5 @@
-"""门(急)诊处方 西药 and 中药 line items → FHIR R4 MedicationRequest (app.cnemr.prescription)."""
+"""门(急)诊处方 西药 and 中药 line items → FHIR R4 MedicationRequest and MedicationDispense
+(app.cnemr.prescription)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from app.cnemr.context import (
 from app.cnemr.errors import RowError
 from app.cnemr.importer import DATA_ELEMENTS, Importer
 from app.cnemr.mapping import load_mapping
-from app.cnemr.prescription import map_prescription_rows
+from app.cnemr.prescription import dispense_resource_id, map_prescription_rows
 from app.cnemr.visit import map_visit_rows
 from app.config import Settings
 from app.definitions.profiles import load_profile_resources
@@ -69,19 +70,27 @@ TCM = [{**TCM_HEADER, "line_no": str(n), "drug_code": code, "drug_name": name, "
            ("ZY0103", "党参", "15", "水煎服"), ("ZY0104", "炙甘草", "6", "水煎服")), 1)]
 
 
-
-
 def mapped(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[RowError]]:
     resources, errors = map_prescription_rows(rows, HOSPITAL)
     for resource in resources:
-        issues = validate_resource(resource, REGISTRY) + PROFILES.validate(
-            resource, CN_MEDICATION_REQUEST)
+        issues = validate_resource(resource, REGISTRY)
+        if resource["resourceType"] == "MedicationRequest":
+            issues += PROFILES.validate(resource, CN_MEDICATION_REQUEST)
+        else:  # fhir_profiles/ has no MedicationDispense profile: held to R4 alone
+            assert resource["resourceType"] == "MedicationDispense"
+            assert "meta" not in resource
         assert [i for i in issues if i.severity in ("error", "fatal")] == [], resource
     return resources, errors
 
 
-def named(resources: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    return next(r for r in resources if r["medicationCodeableConcept"]["text"] == name)
+def of_type(resources: list[dict[str, Any]], rtype: str) -> list[dict[str, Any]]:
+    return [r for r in resources if r["resourceType"] == rtype]
+
+
+def named(resources: list[dict[str, Any]], name: str,
+          rtype: str = "MedicationRequest") -> dict[str, Any]:
+    return next(r for r in of_type(resources, rtype)
+                if r["medicationCodeableConcept"]["text"] == name)
 
 
 def test_a_western_prescription_maps_one_medication_request_per_line() -> None:
@@ -131,8 +140,8 @@ def test_cv06_00_228_frequency_codes_become_timing_code_and_repeat() -> None:
 def test_a_tcm_prescription_keeps_each_herb_the_doses_count_and_the_decoction() -> None:
     resources, errors = mapped(TCM)
     assert errors == []
-    assert [r["medicationCodeableConcept"]["text"] for r in resources] == [
-        "黄芪", "当归", "党参", "炙甘草"]
+    assert [r["medicationCodeableConcept"]["text"]
+            for r in of_type(resources, "MedicationRequest")] == ["黄芪", "当归", "党参", "炙甘草"]
     huangqi = named(resources, "黄芪")
     assert huangqi["status"] == "completed"
     assert {"text": "共7付"} in huangqi["note"]
@@ -174,7 +183,10 @@ def test_a_bad_frequency_code_is_reported_and_the_line_kept_without_timing() -> 
 def test_an_unparseable_prescription_date_rejects_the_whole_prescription() -> None:
     rows = [{**r, "prescribed_time": "2026-02-30"} for r in WESTERN]
     resources, errors = mapped(rows + TCM)
-    assert len(resources) == len(TCM)
+    assert len(of_type(resources, "MedicationRequest")) == len(TCM)
+    assert {r["authorizingPrescription"][0]["reference"]
+            for r in of_type(resources, "MedicationDispense")} == {
+        f"MedicationRequest/{r['id']}" for r in of_type(resources, "MedicationRequest")}
     assert [(e.field, e.rule, e.row) for e in errors] == [
         ("prescribed_time", "date-calendar", i) for i in range(3)]
 
@@ -250,3 +262,90 @@ def test_his_prescription_export_imports_through_the_mapping_file(tmp_path: Path
     huangqi = next(r for r in requests if r["medicationCodeableConcept"]["text"] == "黄芪")
     assert huangqi["dosageInstruction"][0]["route"] == {"text": "水煎服"}
     assert {"text": "共7付"} in huangqi["note"]
+
+
+DISPENSED = [{**r, "dispensed": "1", "dispensed_time": "2026-11-20 09:41:12",
+              "pharmacist": "孙晓梅"} for r in WESTERN]
+
+
+def test_a_dispensed_prescription_records_one_dispense_per_line_after_its_request() -> None:
+    resources, errors = mapped(DISPENSED)
+    assert errors == []
+    assert [r["resourceType"] for r in resources] == [
+        "MedicationRequest", "MedicationDispense"] * 3
+    for request, dispense in zip(resources[::2], resources[1::2], strict=True):
+        assert request["status"] == "completed"
+        assert dispense["status"] == "completed"
+        assert dispense["authorizingPrescription"] == [
+            {"reference": f"MedicationRequest/{request['id']}"}]
+        assert dispense["medicationCodeableConcept"] == request["medicationCodeableConcept"]
+        assert dispense["subject"] == request["subject"]
+        assert dispense["context"] == request["encounter"]
+        assert dispense["whenHandedOver"] == "2026-11-20T09:41:12+08:00"
+        assert dispense["performer"] == [{"actor": {"display": "孙晓梅"}}]
+    amoxicillin = named(resources, "阿莫西林胶囊", "MedicationDispense")
+    assert amoxicillin["id"] == dispense_resource_id(HOSPITAL, "CF202611200153", "1")
+    assert amoxicillin["quantity"] == {"value": 2, "unit": "盒"}
+    assert amoxicillin["daysSupply"] == {"value": 7, "unit": "天", "system": UCUM, "code": "d"}
+    # 布洛芬 has no 用药天数: no daysSupply rather than a guess.
+    assert "daysSupply" not in named(resources, "布洛芬缓释胶囊", "MedicationDispense")
+
+
+def test_dispense_ids_are_stable_across_reimports() -> None:
+    first, _ = mapped(DISPENSED)
+    again, _ = mapped(list(reversed(DISPENSED)))
+    assert {r["id"] for r in first} == {r["id"] for r in again}
+    assert len({r["id"] for r in first}) == 6
+
+
+def test_a_dispensed_prescription_without_time_or_pharmacist_still_records_the_dispense() -> None:
+    resources, errors = mapped(TCM)
+    assert errors == []
+    dispenses = of_type(resources, "MedicationDispense")
+    assert len(dispenses) == 4
+    assert not {"whenHandedOver", "performer"} & {k for d in dispenses for k in d}
+    huangqi = named(resources, "黄芪", "MedicationDispense")
+    assert huangqi["quantity"] == {"value": 210, "unit": "g", "system": UCUM, "code": "g"}
+
+
+def test_a_prescription_not_dispensed_records_no_dispense() -> None:
+    resources, errors = mapped(WESTERN)
+    assert errors == []
+    assert of_type(resources, "MedicationDispense") == []
+    assert {r["status"] for r in resources} == {"active"}
+
+
+def test_dispense_details_without_the_dispensed_flag_are_left_out_with_warnings() -> None:
+    rows = [{**r, "dispensed": "0", "dispensed_time": "2026-11-20 09:41",
+             "pharmacist": "孙晓梅"} for r in WESTERN]
+    resources, errors = mapped(rows)
+    assert of_type(resources, "MedicationDispense") == []
+    assert [(e.field, e.value, e.rule, e.severity, e.row) for e in errors] == [
+        ("dispensed_time", "2026-11-20 09:41", "dispense-not-flagged", "warning", 0),
+        ("pharmacist", "孙晓梅", "dispense-not-flagged", "warning", 0)]
+    assert "发药标志" in errors[0].message
+
+
+def test_a_bad_dispense_time_is_left_out_with_a_warning() -> None:
+    rows = [{**r, "dispensed_time": "2026-11-20 25:10"} for r in DISPENSED]
+    resources, errors = mapped(rows)
+    assert len(of_type(resources, "MedicationDispense")) == 3
+    assert all("whenHandedOver" not in d for d in of_type(resources, "MedicationDispense"))
+    assert [(e.field, e.severity, e.row) for e in errors] == [
+        ("dispensed_time", "warning", 0)]
+
+
+def test_lines_disagreeing_on_the_dispense_time_or_pharmacist_reject_the_prescription() -> None:
+    for key, other in (("dispensed_time", "2026-11-20 10:02:00"), ("pharmacist", "钱国栋")):
+        rows = [*DISPENSED[:2], {**DISPENSED[2], key: other}]
+        resources, errors = mapped(rows)
+        assert resources == []
+        assert {(e.field, e.rule, e.severity) for e in errors} == {
+            (key, "prescription-consistency", "error")}
+
+
+def test_a_rejected_line_of_a_dispensed_prescription_gets_no_dispense() -> None:
+    rows = [*DISPENSED[:2], {**DISPENSED[2], "drug_code": "", "drug_name": ""}]
+    resources, errors = mapped(rows)
+    assert len(of_type(resources, "MedicationDispense")) == 2
+    assert [(e.field, e.severity, e.row) for e in errors] == [("drug_code", "error", 2)]

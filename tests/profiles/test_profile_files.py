@@ -33,6 +33,9 @@ EXTERNAL_CODES: dict[str, frozenset[str]] = {
     "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus": frozenset(
         {"A", "D", "I", "L", "M", "P", "S", "T", "U", "W"}),
     "http://terminology.hl7.org/CodeSystem/v3-NullFlavor": frozenset({"UNK", "OTH", "ASKU"}),
+    "http://terminology.hl7.org/CodeSystem/v3-RoleCode": frozenset(
+        {"ONESELF", "SPS", "HUSB", "WIFE", "CHILD", "SON", "SONC", "DAU", "DAUC", "GRNDCHILD",
+         "PRN", "FTH", "MTH", "GRPRN", "SIB", "FAMMEMB"}),
     "http://terminology.hl7.org/CodeSystem/admit-source": frozenset(
         {"hosp-trans", "emd", "outp", "born", "gp", "mp", "nursing", "psych", "rehab", "other"}),
     "http://terminology.hl7.org/CodeSystem/discharge-disposition": frozenset(
