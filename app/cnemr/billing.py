@@ -90,7 +90,7 @@ from app.cnemr.context import (
     registration_fee_resource_id,
     stable_id,
 )
-from app.cnemr.errors import RowError, ValueRejected
+from app.cnemr.errors import RowError, ValueRejected, per_group
 from app.cnemr.terminology import codes, translate
 from app.cnemr.values import fold, parse_amount, parse_date, parse_datetime
 from app.samples.hospital import CS_PATIENT_TYPE
@@ -619,21 +619,6 @@ def _claim_item(sequence: int, line: _Line, hospital: Hospital,
     return item
 
 
-def map_billing_rows(rows: Sequence[Mapping[str, Any]], hospital: Hospital
-                     ) -> tuple[list[Resource], list[RowError]]:
-    """Fee-line rows of any number of settlements (any order) → resources and problems, with
-    `RowError.row` the 0-based position in `rows`. Resources shared by settlements (the visit's
-    Account, the patient's Coverage) are returned once; the last settlement's version wins."""
-    groups: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        groups.setdefault(fold(row.get("settlement_id")), []).append(index)
-    out: dict[tuple[str, str], Resource] = {}
-    errors: list[RowError] = []
-    for positions in groups.values():
-        mapped, problems = map_settlement([rows[i] for i in positions], hospital)
-        for resource in mapped:
-            out[(resource["resourceType"], resource["id"])] = resource
-        errors += [RowError(e.field, e.value, e.rule, e.message, e.severity,
-                            None if e.row is None else positions[e.row]) for e in problems]
-    errors.sort(key=lambda e: -1 if e.row is None else e.row)
-    return list(out.values()), errors
+map_billing_rows = per_group(lambda row: fold(row.get("settlement_id")), map_settlement)
+"""Fee-line rows of any number of settlements (any order) → resources and problems; resources
+shared by settlements (the visit's Account, the patient's Coverage) are returned once."""

@@ -102,7 +102,7 @@ from app.cnemr.context import (
     patient_resource_id,
     stable_id,
 )
-from app.cnemr.errors import RowError, Severity, ValueRejected, per_row
+from app.cnemr.errors import RowError, Severity, ValueRejected, per_group, per_row
 from app.cnemr.homepage import CS_TCM, CS_WST500, EXT_TCM_SYNDROME
 from app.cnemr.terminology import FHIR_PROFILES, codes
 from app.cnemr.values import fold, parse_datetime, parse_source_datetime
@@ -777,19 +777,5 @@ def _empty(doc: _Document, document_no: str) -> tuple[list[Resource], list[RowEr
     return _reject_rest(doc, document_no)
 
 
-def map_document_rows(rows: Sequence[Mapping[str, Any]], hospital: Hospital
-                      ) -> tuple[list[Resource], list[RowError]]:
-    """`datasets.Dataset.map_rows` over the rows of one 文书编号 (the importer groups them);
-    rows of several documents given together are grouped here first."""
-    groups: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        groups.setdefault(fold(row.get("document_no")), []).append(index)
-    resources: list[Resource] = []
-    errors: list[RowError] = []
-    for indexes in groups.values():
-        mapped, problems = map_document([rows[i] for i in indexes], hospital)
-        resources += mapped
-        errors += [RowError(e.field, e.value, e.rule, e.message, e.severity,
-                            None if e.row is None else indexes[e.row]) for e in problems]
-    errors.sort(key=lambda e: -1 if e.row is None else e.row)
-    return resources, errors
+map_document_rows = per_group(lambda row: fold(row.get("document_no")), map_document)
+"""`datasets.Dataset.map_rows` over the rows of one or more 文书编号 (the importer groups them)."""

@@ -64,3 +64,31 @@ def per_row(map_one: Callable[[Mapping[str, Any], Any], tuple[list[dict[str, Any
         return resources, errors
 
     return map_rows
+
+
+MapGroup = Callable[[Sequence[Mapping[str, Any]], Any], tuple[list[dict[str, Any]], list[RowError]]]
+
+
+def per_group(key_of: Callable[[Mapping[str, Any]], str], map_group: MapGroup) -> MapGroup:
+    """A mapper of one row group (a settlement, a report, a document) as a `map_rows` over rows
+    of any number of groups in any order: rows are grouped by `key_of`, `RowError.row` becomes
+    the position in `rows`, and a resource several groups return (a shared Account, an
+    ImagingStudy) is returned once, the last group's version."""
+
+    def map_rows(rows: Sequence[Mapping[str, Any]], hospital: Any
+                 ) -> tuple[list[dict[str, Any]], list[RowError]]:
+        groups: dict[str, list[int]] = {}
+        for index, row in enumerate(rows):
+            groups.setdefault(key_of(row), []).append(index)
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        errors: list[RowError] = []
+        for positions in groups.values():
+            mapped, problems = map_group([rows[i] for i in positions], hospital)
+            for resource in mapped:
+                out[(resource["resourceType"], resource["id"])] = resource
+            errors += [RowError(e.field, e.value, e.rule, e.message, e.severity,
+                                None if e.row is None else positions[e.row]) for e in problems]
+        errors.sort(key=lambda e: -1 if e.row is None else e.row)
+        return list(out.values()), errors
+
+    return map_rows

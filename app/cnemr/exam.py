@@ -71,7 +71,7 @@ from app.cnemr.context import (
     patient_resource_id,
     stable_id,
 )
-from app.cnemr.errors import RowError, ValueRejected
+from app.cnemr.errors import RowError, ValueRejected, per_group
 from app.cnemr.values import fold, parse_datetime, parse_instant
 
 Resource = dict[str, Any]
@@ -444,21 +444,6 @@ def map_exam_report(rows: Sequence[Mapping[str, Any]], hospital: Hospital
     return [*studies, report], errors
 
 
-def map_exam_rows(rows: Sequence[Mapping[str, Any]], hospital: Hospital
-                  ) -> tuple[list[Resource], list[RowError]]:
-    """RIS rows of any number of reports (any order) → resources and problems, with
-    `RowError.row` the 0-based position in `rows`. An ImagingStudy two reports share is
-    returned once (the last report's version)."""
-    groups: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        groups.setdefault(fold(row.get("report_no")), []).append(index)
-    out: dict[tuple[str, str], Resource] = {}
-    errors: list[RowError] = []
-    for positions in groups.values():
-        mapped, problems = map_exam_report([rows[i] for i in positions], hospital)
-        for resource in mapped:
-            out[(resource["resourceType"], resource["id"])] = resource
-        errors += [RowError(e.field, e.value, e.rule, e.message, e.severity,
-                            None if e.row is None else positions[e.row]) for e in problems]
-    errors.sort(key=lambda e: -1 if e.row is None else e.row)
-    return list(out.values()), errors
+map_exam_rows = per_group(lambda row: fold(row.get("report_no")), map_exam_report)
+"""RIS rows of any number of reports (any order) → resources and problems; an ImagingStudy two
+reports share is returned once."""
