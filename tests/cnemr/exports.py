@@ -57,6 +57,14 @@ def import_export(tmp: Path, mapping_name: str, files: list[Path], hospital: Hos
     return asyncio.run(go())
 
 
+def import_of_types(tmp: Path, mapping_name: str, files: list[Path], hospital: Hospital,
+                    *types: str) -> tuple[ImportReport, list[Resource]]:
+    """`import_export`, keeping the stored resources of `types`, in that type order, each type
+    by id."""
+    report, stored = import_export(tmp, mapping_name, files, hospital)
+    return report, [stored[key] for t in types for key in sorted(k for k in stored if k[0] == t)]
+
+
 def without_version(resource: Resource) -> Resource:
     """A stored resource without meta.versionId and meta.lastUpdated, which the store sets on
     every write; the rest of meta (profile, tag …) is content and stays."""

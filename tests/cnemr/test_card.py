@@ -7,7 +7,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -30,9 +29,8 @@ from app.fhir.profile_validation import ProfileValidator
 from app.fhir.validation import validate_resource
 from app.pipeline.hooks import Hooks
 from app.samples.identity import make_id
-from app.search.query import parse_search
 from app.server import build_service, create_app
-from tests.cnemr.exports import write_csv
+from tests.cnemr.exports import import_of_types, without_version, write_csv
 from tests.conftest import make_settings
 
 HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
@@ -298,24 +296,11 @@ def his_file(tmp: Path) -> Path:
 
 def run_import(tmp: Path, mapping_name: str, files: list[Path]
                ) -> tuple[ImportReport, list[dict[str, Any]]]:
-    async def go() -> tuple[ImportReport, list[dict[str, Any]]]:
-        service, _ = build_service(make_settings(tmp), Hooks())
-        await service.store.start()
-        try:
-            mapping = load_mapping(MAPPINGS / mapping_name, DATA_ELEMENTS)
-            report = await Importer(service, HOSPITAL).import_files(mapping, files)
-            query, _ = parse_search(("Coverage",), [("_count", "100"), ("_sort", "_id")],
-                                    service.parse_ctx)
-            page = await service.store.search(query)
-            return report, [orjson.loads(v.body) for v in page.matches]
-        finally:
-            await service.store.close()
-    return asyncio.run(go())
+    return import_of_types(tmp, mapping_name, files, HOSPITAL, "Coverage")
 
 
-def without_version(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**r, "meta": {k: v for k, v in r.get("meta", {}).items()
-                           if k not in ("lastUpdated", "versionId")}} for r in resources]
+def without_versions(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [without_version(r) for r in resources]
 
 
 def test_three_export_styles_import_the_same_cards_to_the_same_fhir(tmp_path: Path) -> None:
@@ -328,7 +313,7 @@ def test_three_export_styles_import_the_same_cards_to_the_same_fhir(tmp_path: Pa
         assert (report.rows_read, report.rows_rejected) == (5, 0), report.rejections
         assert report.rejections == []
         assert len(coverages) == 5
-        results.append(without_version(coverages))
+        results.append(without_versions(coverages))
     assert results[0] == results[1] == results[2]
     by_number = {c["identifier"][0]["value"]: c for c in results[0]}
     assert by_number["C98765432"]["status"] == "cancelled"
@@ -344,7 +329,7 @@ def test_reimporting_cards_updates_them_instead_of_duplicating(tmp_path: Path) -
     assert report.rows_rejected == 0
     assert [c["id"] for c in again] == [c["id"] for c in first]
     assert {c["meta"]["versionId"] for c in again} == {"2"}
-    assert without_version(again) == without_version(first)
+    assert without_versions(again) == without_versions(first)
 
 
 def test_a_card_import_reads_back_over_rest_validates_and_leaves_the_patient_alone(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -21,17 +19,14 @@ from app.cnemr.exam import (
     map_exam_report,
     map_exam_rows,
 )
-from app.cnemr.importer import DATA_ELEMENTS, Importer, ImportReport
-from app.cnemr.mapping import load_mapping
+from app.cnemr.importer import ImportReport
 from app.config import Settings
 from app.definitions.profiles import load_profile_resources
 from app.definitions.registry import load_registry
 from app.fhir.profile_validation import ProfileValidator
 from app.fhir.validation import validate_resource
-from app.pipeline.hooks import Hooks
-from app.search.query import parse_search
-from app.server import build_service, create_app
-from tests.cnemr.exports import write_csv
+from app.server import create_app
+from tests.cnemr.exports import import_of_types, without_version, write_csv
 from tests.conftest import make_settings
 
 HOSPITAL = Hospital("2.16.156.10011.1.5.110000101")
@@ -396,27 +391,11 @@ def his_file(tmp: Path) -> Path:
 
 def run_import(tmp: Path, mapping_name: str, files: list[Path]
                ) -> tuple[ImportReport, list[dict[str, Any]]]:
-    async def go() -> tuple[ImportReport, list[dict[str, Any]]]:
-        service, _ = build_service(make_settings(tmp), Hooks())
-        await service.store.start()
-        try:
-            mapping = load_mapping(MAPPINGS / mapping_name, DATA_ELEMENTS)
-            report = await Importer(service, HOSPITAL).import_files(mapping, files)
-            out: list[dict[str, Any]] = []
-            for rtype in ("DiagnosticReport", "ImagingStudy"):
-                query, _ = parse_search((rtype,), [("_count", "100"), ("_sort", "_id")],
-                                        service.parse_ctx)
-                page = await service.store.search(query)
-                out += [orjson.loads(v.body) for v in page.matches]
-            return report, out
-        finally:
-            await service.store.close()
-    return asyncio.run(go())
+    return import_of_types(tmp, mapping_name, files, HOSPITAL, "DiagnosticReport", "ImagingStudy")
 
 
-def without_version(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**r, "meta": {k: v for k, v in r.get("meta", {}).items()
-                           if k not in ("lastUpdated", "versionId")}} for r in resources]
+def without_versions(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [without_version(r) for r in resources]
 
 
 def test_three_export_styles_import_the_same_reports_to_the_same_fhir(tmp_path: Path) -> None:
@@ -430,7 +409,7 @@ def test_three_export_styles_import_the_same_reports_to_the_same_fhir(tmp_path: 
         assert report.rejections == []
         assert sorted(r["resourceType"] for r in resources) == [
             "DiagnosticReport"] * 4 + ["ImagingStudy"] * 3
-        results.append(without_version(resources))
+        results.append(without_versions(resources))
     assert results[0] == results[1] == results[2]
     chest = next(r for r in results[0] if r.get("code", {}).get("text") == "胸部X线正侧位")
     assert chest["category"][1]["coding"][0]["code"] == "DX"
@@ -444,7 +423,7 @@ def test_reimporting_updates_the_reports_instead_of_duplicating(tmp_path: Path) 
     assert report.rows_rejected == 0
     assert [r["id"] for r in again] == [r["id"] for r in first]
     assert {r["meta"]["versionId"] for r in again} == {"2"}
-    assert without_version(again) == without_version(first)
+    assert without_versions(again) == without_versions(first)
 
 
 def test_imported_reports_read_back_over_rest_and_validate_against_their_profile(

@@ -18,7 +18,7 @@ from app.pipeline.hooks import Hooks
 from app.samples.identity import make_id
 from app.search.query import parse_search
 from app.server import build_service
-from tests.cnemr.exports import write_csv
+from tests.cnemr.exports import import_of_types, write_csv
 from tests.conftest import make_settings
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "app" / "cnemr" / "mappings"
@@ -84,21 +84,9 @@ def his_file(tmp: Path) -> Path:
                       for p in PEOPLE], "gb18030")
 
 
-def run_import(tmp: Path, mapping_name: str, files: list[Path]) -> tuple[ImportReport,
-                                                                          list[dict[str, Any]]]:
-    async def go() -> tuple[ImportReport, list[dict[str, Any]]]:
-        service, _ = build_service(make_settings(tmp), Hooks())
-        await service.store.start()
-        try:
-            mapping = load_mapping(MAPPINGS / mapping_name, DATA_ELEMENTS)
-            report = await Importer(service, HOSPITAL).import_files(mapping, files)
-            query, _ = parse_search(("Patient",), [("_count", "100"), ("_sort", "_id")],
-                                    service.parse_ctx)
-            page = await service.store.search(query)
-            return report, [orjson.loads(v.body) for v in page.matches]
-        finally:
-            await service.store.close()
-    return asyncio.run(go())
+def run_import(tmp: Path, mapping_name: str, files: list[Path]
+               ) -> tuple[ImportReport, list[dict[str, Any]]]:
+    return import_of_types(tmp, mapping_name, files, HOSPITAL, "Patient")
 
 
 def without_meta(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
