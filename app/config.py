@@ -6,6 +6,7 @@ Every setting is listed with its default in the README; keep the two in step.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -34,7 +35,14 @@ class Settings(BaseSettings):
     demo: bool = True
     # The CN conformance resources (profiles, terminology, SearchParameters) loaded at start-up.
     profiles_dir: Path = Path(__file__).resolve().parents[1] / "fhir_profiles"
+    # JWS algorithm of the access tokens Yilian signs (id_tokens are always RS256).
+    token_alg: Literal["RS256", "ES384"] = "RS256"
 
     @property
     def sqlite_path(self) -> Path:
         return self.var_dir / "yilian.sqlite3"
+
+    @property
+    def keys_dir(self) -> Path:
+        """The token signing keyring (`app/auth/keys.py`): private keys, mode 0700."""
+        return self.var_dir / "keys"

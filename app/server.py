@@ -6,6 +6,7 @@ tests build as many independent servers as they like.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
+from app.auth.keys import Keyring
+from app.auth.routes_jwks import build_jwks_router
 from app.config import Settings
 from app.definitions.profiles import load_profile_resources, with_profiles
 from app.definitions.registry import load_registry
@@ -152,9 +155,13 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
     hooks = hooks or Hooks()
     service, profile_resources = build_service(settings, hooks)
     store = service.store
+    keyring = Keyring(settings.keys_dir, settings.token_alg)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Generating an RSA key takes ~30 ms of CPU: off the event loop.
+        await asyncio.to_thread(keyring.ensure)
+        await asyncio.to_thread(keyring.prune)
         await store.start()
         await seed_conformance(store, profile_resources)
         app.state.started = now_instant()
@@ -168,6 +175,7 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
     app.state.settings = settings
     app.state.store = store
     app.state.service = service
+    app.state.keyring = keyring
     app.state.started = now_instant()
 
     @app.exception_handler(FhirError)
@@ -205,6 +213,7 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
         return Response(b'{"name":"Yilian","fhir":"/fhir","metadata":"/fhir/metadata"}',
                         media_type="application/json")
 
+    app.include_router(build_jwks_router(keyring))
     app.include_router(build_router(service))
     app.add_middleware(FastRead, service=service)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
