@@ -1,0 +1,271 @@
+"""`AuthStore` on SQLite: `<var_dir>/auth.sqlite3`, its own file, never the FHIR store (plan §3).
+
+One connection per store, in autocommit mode, guarded by a lock so authlib's threadpool can share
+it; each uvicorn worker opens its own store, and SQLite's file locking (WAL, busy timeout)
+serialises writers across workers. Every check-and-change is one statement, so it is atomic
+across threads and processes alike. The database and its WAL/SHM files are created mode 0600
+(SQLite gives the -wal and -shm files the permissions of the database file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.auth.store import (
+    Client,
+    DuplicateError,
+    Lockout,
+    RegistrationToken,
+    User,
+    username_key,
+)
+
+AUTH_DB_NAME = "auth.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS client (
+    client_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('public', 'symmetric', 'asymmetric')),
+    secret_hash TEXT,
+    redirect_uris TEXT NOT NULL,
+    launch_uri TEXT,
+    jwks TEXT,
+    jwks_uri TEXT,
+    scope TEXT NOT NULL,
+    grant_types TEXT NOT NULL,
+    name_zh TEXT NOT NULL,
+    name_en TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS user (
+    username_key TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    fhir_user TEXT NOT NULL,
+    access TEXT NOT NULL,
+    locale TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS registration_token (
+    hash TEXT PRIMARY KEY,
+    uses_left INTEGER NOT NULL,
+    expires REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assertion_jti (
+    client_id TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    until REAL NOT NULL,
+    PRIMARY KEY (client_id, jti)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS login_failure (
+    key TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_failure_key_at ON login_failure (key, at);
+CREATE TABLE IF NOT EXISTS login_lock (
+    key TEXT PRIMARY KEY,
+    until REAL NOT NULL,
+    seconds REAL NOT NULL
+);
+"""
+
+
+def auth_db_path(var_dir: Path) -> Path:
+    return var_dir / AUTH_DB_NAME
+
+
+def _create_private(path: Path) -> None:
+    """Create the file mode 0600 before SQLite opens it, and tighten an existing one."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class SqliteAuthStore:
+    """`AuthStore` on one SQLite file; `clock` is injectable for tests of expiry."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                   timeout=10.0)
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        # One script, one transaction: idempotent, so workers opening together are fine.
+        self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}"
+                               f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+
+    @classmethod
+    def in_var_dir(cls, var_dir: Path, clock: Callable[[], float] = time.time
+                   ) -> SqliteAuthStore:
+        return cls(auth_db_path(var_dir), clock)
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, params)
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # clients
+
+    def add_client(self, client: Client) -> None:
+        try:
+            self._run(
+                "INSERT INTO client (client_id, kind, secret_hash, redirect_uris, launch_uri, "
+                "jwks, jwks_uri, scope, grant_types, name_zh, name_en, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (client.client_id, client.kind, client.secret_hash,
+                 json.dumps(list(client.redirect_uris)), client.launch_uri,
+                 None if client.jwks is None else json.dumps(client.jwks), client.jwks_uri,
+                 client.scope, json.dumps(list(client.grant_types)), client.name_zh,
+                 client.name_en, client.created))
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateError(f"client_id {client.client_id!r} is already registered") \
+                from exc
+
+    @staticmethod
+    def _client(row: tuple[Any, ...]) -> Client:
+        (client_id, kind, secret_hash, redirect_uris, launch_uri, jwks, jwks_uri, scope,
+         grant_types, name_zh, name_en, created) = row
+        return Client(client_id=client_id, kind=kind, secret_hash=secret_hash,
+                      redirect_uris=tuple(json.loads(redirect_uris)), launch_uri=launch_uri,
+                      jwks=None if jwks is None else json.loads(jwks), jwks_uri=jwks_uri,
+                      scope=scope, grant_types=tuple(json.loads(grant_types)),
+                      name_zh=name_zh, name_en=name_en, created=created)
+
+    _CLIENT_COLUMNS = ("client_id, kind, secret_hash, redirect_uris, launch_uri, jwks, jwks_uri, "
+                       "scope, grant_types, name_zh, name_en, created")
+
+    def get_client(self, client_id: str) -> Client | None:
+        rows = self._all(f"SELECT {self._CLIENT_COLUMNS} FROM client WHERE client_id = ?",
+                         (client_id,))
+        return self._client(rows[0]) if rows else None
+
+    def list_clients(self) -> list[Client]:
+        return [self._client(r) for r in
+                self._all(f"SELECT {self._CLIENT_COLUMNS} FROM client ORDER BY created, "
+                          "client_id")]
+
+    def remove_client(self, client_id: str) -> bool:
+        return self._run("DELETE FROM client WHERE client_id = ?", (client_id,)).rowcount == 1
+
+    # users
+
+    _USER_COLUMNS = "username, password_hash, fhir_user, access, locale, disabled, created"
+
+    @staticmethod
+    def _user(row: tuple[Any, ...]) -> User:
+        username, password_hash, fhir_user, access, locale, disabled, created = row
+        return User(username=username, password_hash=password_hash, fhir_user=fhir_user,
+                    access=access, locale=locale, disabled=bool(disabled), created=created)
+
+    def add_user(self, user: User) -> None:
+        try:
+            self._run(
+                "INSERT INTO user (username_key, username, password_hash, fhir_user, access, "
+                "locale, disabled, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (user.key, user.username, user.password_hash, user.fhir_user, user.access,
+                 user.locale, int(user.disabled), user.created))
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateError(f"username {user.username!r} is taken") from exc
+
+    def get_user(self, username: str) -> User | None:
+        rows = self._all(f"SELECT {self._USER_COLUMNS} FROM user WHERE username_key = ?",
+                         (username_key(username),))
+        return self._user(rows[0]) if rows else None
+
+    def list_users(self) -> list[User]:
+        return [self._user(r) for r in
+                self._all(f"SELECT {self._USER_COLUMNS} FROM user ORDER BY username_key")]
+
+    def set_user_disabled(self, username: str, disabled: bool) -> bool:
+        return self._run("UPDATE user SET disabled = ? WHERE username_key = ?",
+                         (int(disabled), username_key(username))).rowcount == 1
+
+    def set_password_hash(self, username: str, password_hash: str) -> bool:
+        return self._run("UPDATE user SET password_hash = ? WHERE username_key = ?",
+                         (password_hash, username_key(username))).rowcount == 1
+
+    # registration tokens
+
+    def add_registration_token(self, token: RegistrationToken) -> None:
+        self._run("INSERT INTO registration_token (hash, uses_left, expires, created) "
+                  "VALUES (?, ?, ?, ?)",
+                  (token.token_hash, token.uses_left, token.expires, token.created))
+
+    def use_registration_token(self, token_hash: str, now: float) -> bool:
+        return self._run("UPDATE registration_token SET uses_left = uses_left - 1 "
+                         "WHERE hash = ? AND uses_left > 0 AND expires > ?",
+                         (token_hash, now)).rowcount == 1
+
+    # client assertion jti
+
+    def remember_jti(self, client_id: str, jti: str, until: float) -> bool:
+        # One statement: insert, or take over a record whose lifetime is over; a live record
+        # makes the upsert's WHERE false, so nothing changes and rowcount is 0.
+        return self._run(
+            "INSERT INTO assertion_jti (client_id, jti, until) VALUES (?, ?, ?) "
+            "ON CONFLICT (client_id, jti) DO UPDATE SET until = excluded.until "
+            "WHERE assertion_jti.until < ?",
+            (client_id, jti, until, self._clock())).rowcount == 1
+
+    # login throttle
+
+    def add_login_failure(self, key: str, at: float) -> None:
+        self._run("INSERT INTO login_failure (key, at) VALUES (?, ?)", (key, at))
+
+    def login_failures_since(self, key: str, since: float) -> list[float]:
+        return [r[0] for r in self._all(
+            "SELECT at FROM login_failure WHERE key = ? AND at >= ? ORDER BY at", (key, since))]
+
+    def clear_login_failures(self, key: str) -> None:
+        self._run("DELETE FROM login_failure WHERE key = ?", (key,))
+
+    def get_lockout(self, key: str) -> Lockout | None:
+        rows = self._all("SELECT key, until, seconds FROM login_lock WHERE key = ?", (key,))
+        return Lockout(*rows[0]) if rows else None
+
+    def put_lockout(self, lockout: Lockout) -> None:
+        self._run("INSERT INTO login_lock (key, until, seconds) VALUES (?, ?, ?) "
+                  "ON CONFLICT (key) DO UPDATE SET until = excluded.until, "
+                  "seconds = excluded.seconds", (lockout.key, lockout.until, lockout.seconds))
+
+    def clear_lockout(self, key: str) -> None:
+        self._run("DELETE FROM login_lock WHERE key = ?", (key,))
+
+    def purge(self, now: float, failure_window: float) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                n = sum(self._db.execute(sql, params).rowcount for sql, params in (
+                    ("DELETE FROM registration_token WHERE expires <= ? OR uses_left <= 0",
+                     (now,)),
+                    ("DELETE FROM assertion_jti WHERE until < ?", (now,)),
+                    ("DELETE FROM login_failure WHERE at < ?", (now - failure_window,)),
+                    ("DELETE FROM login_lock WHERE until < ?", (now - failure_window,)),
+                ))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return n
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

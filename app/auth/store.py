@@ -1,0 +1,204 @@
+"""Auth state: the `AuthStore` protocol and its records (build plan §3, docs/smart-auth-design.md).
+
+Auth state lives apart from the FHIR store (secrets, password hashes and sessions must never be
+reachable through FHIR interactions or travel with FHIR backups). The protocol is written so that
+each method maps 1:1 onto one SQLite statement and one MongoDB operation: every "check and
+change" step is a single atomic primitive (`remember_jti`, `use_registration_token`), never a
+read followed by a write in the caller.
+
+Secrets (client secrets, registration tokens) are stored only as SHA-256 hex digests of
+256-bit random values: a fast hash is enough for high-entropy secrets (nothing to brute-force),
+unlike passwords, which get argon2id (`passwords.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+ClientKind = Literal["public", "symmetric", "asymmetric"]
+CLIENT_KINDS: tuple[ClientKind, ...] = ("public", "symmetric", "asymmetric")
+Access = Literal["compartment", "all"]
+
+# FHIR id (R4 `id` datatype): 1-64 of [A-Za-z0-9\-.].
+_FHIR_USER = re.compile(r"(Patient|Practitioner)/[A-Za-z0-9\-.]{1,64}")
+_USERNAME_MAX = 64
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a high-entropy secret (client secret, registration token)."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def username_key(username: str) -> str:
+    """The lookup key of a username: NFKC, case-folded, NFKC again (Unicode's NFKC_Casefold
+    idea), so `ZHANG`, `zhang` and full-width `ｚｈａｎｇ` are one account."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
+
+
+def check_username(username: str) -> str:
+    """Return the username (NFKC-normalised for display) or raise ValueError saying why."""
+    name = unicodedata.normalize("NFKC", username)
+    if not name:
+        raise ValueError("username is empty")
+    if len(name) > _USERNAME_MAX:
+        raise ValueError(f"username is longer than {_USERNAME_MAX} characters")
+    for ch in name:
+        if ch.isspace() or unicodedata.category(ch).startswith("C"):
+            raise ValueError(f"username contains a space or control character (U+{ord(ch):04X})")
+    return name
+
+
+def check_fhir_user(fhir_user: str) -> str:
+    if not _FHIR_USER.fullmatch(fhir_user):
+        raise ValueError(f"fhir_user {fhir_user!r} is not Patient/<id> or Practitioner/<id>")
+    return fhir_user
+
+
+@dataclass(frozen=True)
+class Client:
+    """A registered OAuth client (SMART app or backend service).
+
+    `redirect_uris` are compared as exact strings (no normalisation: the registered string is
+    the truth). `scope` is the ceiling: requested scopes outside it are dropped. `secret_hash`
+    is set only for `symmetric` clients, `jwks` / `jwks_uri` only for `asymmetric` ones.
+    """
+
+    client_id: str
+    kind: ClientKind
+    name_zh: str
+    name_en: str
+    redirect_uris: tuple[str, ...] = ()
+    scope: str = ""
+    grant_types: tuple[str, ...] = ("authorization_code", "refresh_token")
+    secret_hash: str | None = None
+    launch_uri: str | None = None
+    jwks: Mapping[str, Any] | None = field(default=None, compare=False)
+    jwks_uri: str | None = None
+    created: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in CLIENT_KINDS:
+            raise ValueError(f"client kind {self.kind!r} is not one of {', '.join(CLIENT_KINDS)}")
+        if (self.kind == "symmetric") != (self.secret_hash is not None):
+            raise ValueError("a secret hash is required for symmetric clients and only for them")
+        if self.kind != "asymmetric" and (self.jwks is not None or self.jwks_uri is not None):
+            raise ValueError("jwks / jwks_uri belong to asymmetric clients only")
+        if self.kind == "asymmetric" and self.jwks is None and self.jwks_uri is None:
+            raise ValueError("an asymmetric client needs jwks or jwks_uri")
+
+
+@dataclass(frozen=True)
+class User:
+    """A person who signs in: a patient (`Patient/…`) or clinical staff (`Practitioner/…`).
+
+    `username` is kept as entered (NFKC) for display; lookups use `username_key`. `access` is
+    what `user/` scopes mean for them: a patient's own compartment, or `all` for hospital
+    clinical staff until a care-team policy lands.
+    """
+
+    username: str
+    password_hash: str
+    fhir_user: str
+    locale: str = "zh"
+    disabled: bool = False
+    access: Access = "compartment"
+    created: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_username(self.username)
+        check_fhir_user(self.fhir_user)
+        if self.access not in ("compartment", "all"):
+            raise ValueError(f"access {self.access!r} is not 'compartment' or 'all'")
+
+    @property
+    def key(self) -> str:
+        return username_key(self.username)
+
+
+@dataclass(frozen=True)
+class RegistrationToken:
+    """An initial access token for RFC 7591 dynamic registration, stored hashed."""
+
+    token_hash: str
+    uses_left: int
+    expires: float
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class Lockout:
+    """A login lock on one throttle key: refused until `until`; `seconds` is the length of the
+    lock, doubled for the next one while failures keep coming (`throttle.py`)."""
+
+    key: str
+    until: float
+    seconds: float
+
+
+class DuplicateError(ValueError):
+    """A record with that id (client_id, username) already exists."""
+
+
+class AuthStore(Protocol):
+    """Storage of auth state. Synchronous: callers in async code use a threadpool (authlib's
+    server is synchronous too). Times are Unix seconds."""
+
+    # clients (RFC 7591 registry)
+    def add_client(self, client: Client) -> None:
+        """Insert; raise DuplicateError when the client_id exists."""
+
+    def get_client(self, client_id: str) -> Client | None: ...
+
+    def list_clients(self) -> Sequence[Client]: ...
+
+    def remove_client(self, client_id: str) -> bool:
+        """Delete; False when there was no such client."""
+
+    # users
+    def add_user(self, user: User) -> None:
+        """Insert; raise DuplicateError when `username_key` is taken."""
+
+    def get_user(self, username: str) -> User | None:
+        """Look up by `username_key(username)`."""
+
+    def list_users(self) -> Sequence[User]: ...
+
+    def set_user_disabled(self, username: str, disabled: bool) -> bool: ...
+
+    def set_password_hash(self, username: str, password_hash: str) -> bool: ...
+
+    # RFC 7591 initial access tokens
+    def add_registration_token(self, token: RegistrationToken) -> None: ...
+
+    def use_registration_token(self, token_hash: str, now: float) -> bool:
+        """Atomically take one use of an unexpired token with uses left; False otherwise."""
+
+    # replay protection for client assertions (RFC 7523 §3 `jti`)
+    def remember_jti(self, client_id: str, jti: str, until: float) -> bool:
+        """Insert-or-fail: True for the first use of (client, jti) while an earlier record is
+        still live, False for a replay. Concurrent callers: exactly one gets True."""
+
+    # login throttle (`throttle.py`)
+    def add_login_failure(self, key: str, at: float) -> None: ...
+
+    def login_failures_since(self, key: str, since: float) -> Sequence[float]:
+        """Failure times for `key` at or after `since`, oldest first."""
+
+    def clear_login_failures(self, key: str) -> None: ...
+
+    def get_lockout(self, key: str) -> Lockout | None: ...
+
+    def put_lockout(self, lockout: Lockout) -> None: ...
+
+    def clear_lockout(self, key: str) -> None: ...
+
+    def purge(self, now: float, failure_window: float) -> int:
+        """Delete expired rows (registration tokens, jtis, old failures and lockouts); the
+        number deleted."""
+
+    def close(self) -> None: ...
