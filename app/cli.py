@@ -22,6 +22,9 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
                                    ("workers", args.workers)) if v is not None}
     settings = Settings(**overrides)
+    # uvicorn's workers build their Settings from the environment: hand the overrides on
+    for key, value in overrides.items():
+        os.environ[f"YILIAN_{key.upper()}"] = str(value)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     if settings.demo:
         _load_demo(settings)

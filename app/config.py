@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +19,8 @@ class Settings(BaseSettings):
     port: int = 8080
     workers: int = 1
     # Public base URL of the FHIR endpoint; used in Location headers, links and fullUrls.
-    base_url: str = "http://127.0.0.1:8080/fhir"
+    # Empty: http://<host>:<port>/fhir (127.0.0.1 when listening on every address).
+    base_url: str = ""
     var_dir: Path = Path("var")
     # `sqlite` (embedded, under var_dir) or a `mongodb://` URI (scale-out store, later issue).
     store: str = "sqlite"
@@ -37,6 +39,14 @@ class Settings(BaseSettings):
     profiles_dir: Path = Path(__file__).resolve().parents[1] / "fhir_profiles"
     # JWS algorithm of the access tokens Yilian signs (id_tokens are always RS256).
     token_alg: Literal["RS256", "ES384"] = "RS256"
+
+    @model_validator(mode="after")
+    def _derive_base_url(self) -> Settings:
+        if not self.base_url:
+            host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+            host = f"[{host}]" if ":" in host else host
+            self.base_url = f"http://{host}:{self.port}/fhir"
+        return self
 
     @property
     def sqlite_path(self) -> Path:
