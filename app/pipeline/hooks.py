@@ -14,18 +14,30 @@ from typing import Protocol
 
 from starlette.requests import HTTPConnection
 
+from app.auth.scopes import ScopeSet
 from app.storage.base import StoredVersion
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: filled in by the authenticator."""
+    """Who is calling: filled in by the authenticator.
+
+    The fields after `anonymous` come from a SMART access token (`app/auth/bearer.py`) and stay
+    None for anonymous and in-process callers.
+    """
 
     subject: str | None = None  # e.g. "Practitioner/doc-001" or "Patient/pat-000001"
     client_id: str | None = None
-    scopes: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()  # the granted scopes as text (canonical order)
     address: str | None = None
     anonymous: bool = True
+    scope_set: ScopeSet | None = None  # the same scopes, parsed
+    patient: str | None = None  # launch context: Patient id (not a reference)
+    encounter: str | None = None  # launch context: Encounter id
+    fhir_user: str | None = None  # "Patient/…" or "Practitioner/…" of the signed-in user
+    token_id: str | None = None  # the access token's `jti`
+    grant_id: str | None = None  # the grant the token was issued under (revocation unit)
+    expires_at: float | None = None  # the token's `exp` (NumericDate)
 
 
 @dataclass(frozen=True, slots=True)
