@@ -21,7 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.auth.keys import Keyring
+from app.auth.rfc7523_backend import HttpJwksFetcher
 from app.auth.routes_jwks import build_jwks_router
+from app.auth.routes_token import build_token_router
+from app.auth.sqlite_store import SqliteAuthStore
 from app.config import Settings
 from app.definitions.profiles import load_profile_resources, with_profiles
 from app.definitions.registry import load_registry
@@ -165,9 +168,16 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
         await store.start()
         await seed_conformance(store, profile_resources)
         app.state.started = now_instant()
+        # Auth state (var/auth.sqlite3) and the client JWK Set fetcher, for the token service.
+        auth_store = await asyncio.to_thread(SqliteAuthStore.in_var_dir, settings.var_dir)
+        jwks_fetcher = HttpJwksFetcher()
+        app.state.auth_store, app.state.jwks_fetcher = auth_store, jwks_fetcher
         try:
             yield
         finally:
+            app.state.auth_store = app.state.jwks_fetcher = None
+            jwks_fetcher.close()
+            auth_store.close()
             await store.close()
 
     app = FastAPI(title="Yilian (医链) FHIR R4 server", version=__version__, lifespan=lifespan,
@@ -176,6 +186,8 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
     app.state.store = store
     app.state.service = service
     app.state.keyring = keyring
+    app.state.auth_store = None  # opened in the lifespan
+    app.state.jwks_fetcher = None
     app.state.started = now_instant()
 
     @app.exception_handler(FhirError)
@@ -214,6 +226,10 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
                         media_type="application/json")
 
     app.include_router(build_jwks_router(keyring))
+    app.include_router(build_token_router(
+        keyring, settings.base_url,
+        store=lambda request: request.app.state.auth_store,
+        jwks_fetcher=lambda request: request.app.state.jwks_fetcher))
     app.include_router(build_router(service))
     app.add_middleware(FastRead, service=service)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS assertion_jti (
     until REAL NOT NULL,
     PRIMARY KEY (client_id, jti)
 ) WITHOUT ROWID;
+-- RFC 7009 revocations: key `jti:<jti>` (one access token) or `gid:<grant id>` (a grant and
+-- all its tokens), kept until the token or grant expires; `seq` orders them for readers that
+-- follow new revocations incrementally.
+CREATE TABLE IF NOT EXISTS revoked (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    until REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS login_failure (
     key TEXT NOT NULL,
     at REAL NOT NULL
@@ -225,6 +233,23 @@ class SqliteAuthStore:
             "WHERE assertion_jti.until < ?",
             (client_id, jti, until, self._clock())).rowcount == 1
 
+    # revocation
+
+    def revoke(self, *, jti: str | None = None, grant_id: str | None = None,
+               until: float) -> None:
+        if (jti is None) == (grant_id is None) or not (jti or grant_id):
+            raise ValueError("revoke exactly one of a non-empty jti or grant_id")
+        key = f"jti:{jti}" if jti is not None else f"gid:{grant_id}"
+        self._run("INSERT INTO revoked (key, until) VALUES (?, ?) "
+                  "ON CONFLICT (key) DO UPDATE SET until = max(until, excluded.until)",
+                  (key, until))
+
+    def is_revoked(self, jti: str, grant_id: str | None) -> bool:
+        keys = (f"jti:{jti}",) if grant_id is None else (f"jti:{jti}", f"gid:{grant_id}")
+        return bool(self._all(
+            f"SELECT 1 FROM revoked WHERE key IN ({', '.join('?' for _ in keys)}) LIMIT 1",
+            keys))
+
     # login throttle
 
     def add_login_failure(self, key: str, at: float) -> None:
@@ -257,6 +282,7 @@ class SqliteAuthStore:
                     ("DELETE FROM registration_token WHERE expires <= ? OR uses_left <= 0",
                      (now,)),
                     ("DELETE FROM assertion_jti WHERE until < ?", (now,)),
+                    ("DELETE FROM revoked WHERE until < ?", (now,)),
                     ("DELETE FROM login_failure WHERE at < ?", (now - failure_window,)),
                     ("DELETE FROM login_lock WHERE until < ?", (now - failure_window,)),
                 ))

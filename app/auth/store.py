@@ -183,6 +183,16 @@ class AuthStore(Protocol):
         """Insert-or-fail: True for the first use of (client, jti) while an earlier record is
         still live, False for a replay. Concurrent callers: exactly one gets True."""
 
+    # revocation (RFC 7009): an access token by its `jti`, or a whole grant by its id
+    def revoke(self, *, jti: str | None = None, grant_id: str | None = None,
+               until: float) -> None:
+        """Record the revocation of exactly one of an access token (`jti`) or a grant
+        (`grant_id`, all its tokens) until `until` (when the token or grant would have expired
+        anyway; `purge` forgets it then). Idempotent; a later `until` extends the record."""
+
+    def is_revoked(self, jti: str, grant_id: str | None) -> bool:
+        """True when the token `jti` or its grant has been revoked (`bearer.RevokedCheck`)."""
+
     # login throttle (`throttle.py`)
     def add_login_failure(self, key: str, at: float) -> None: ...
 
@@ -198,7 +208,7 @@ class AuthStore(Protocol):
     def clear_lockout(self, key: str) -> None: ...
 
     def purge(self, now: float, failure_window: float) -> int:
-        """Delete expired rows (registration tokens, jtis, old failures and lockouts); the
-        number deleted."""
+        """Delete expired rows (registration tokens, jtis, revocations, old failures and
+        lockouts); the number deleted."""
 
     def close(self) -> None: ...

@@ -1,0 +1,324 @@
+"""SMART Backend Services token service: `POST /auth/token` (RFC 6749 §4.4 client_credentials
+with RFC 7523 private_key_jwt client authentication), `POST /auth/revoke` (RFC 7009) and
+`POST /auth/introspect` (RFC 7662).
+
+URLs. The issuer and the endpoint URLs are derived from `settings.base_url` (the public FHIR base
+URL): its last path segment (`/fhir`, where the FHIR router is mounted) is replaced by `/auth`,
+where these routes are mounted, so `http://127.0.0.1:8080/fhir` gives issuer
+`http://127.0.0.1:8080/auth` and token URL `http://127.0.0.1:8080/auth/token`, and a proxy
+prefix is kept (`https://h/yy/fhir` → `https://h/yy/auth`). The token URL is the `aud` every
+client assertion must carry, on all three endpoints (RFC 7523 §3 lets the token endpoint URL
+identify the authorization server). Access tokens get `aud` = the FHIR base URL.
+
+Requests. Bodies are `application/x-www-form-urlencoded` only (UTF-8), at most 64 kB, parsed
+with `urllib.parse.parse_qsl`; a parameter sent twice is refused (RFC 6749 §3.2) and one sent
+without a value counts as omitted (§3.1). Clients authenticate with a `client_assertion` only
+(`check_client_assertion`, each assertion single use); a request that also carries an
+`Authorization` header is refused with 401 `invalid_client` and a `WWW-Authenticate` challenge
+naming the scheme the client used (RFC 6749 §5.2); other `invalid_client` errors are 400, the
+RFC's default. Errors are RFC 6749 §5.2 JSON `{"error", "error_description"}`; every response
+carries `Cache-Control: no-store` and `Pragma: no-cache`. No input gives a 500: store or key
+failures answer 503 `temporarily_unavailable`.
+
+Token (client_credentials): the client must list `client_credentials` in its grant types
+(else `unauthorized_client`); `scope` is required and may hold `system/` scopes only (anything
+else, or a scope that does not parse, is `invalid_scope`); what is granted is the request
+narrowed to the client's registered ceiling (`scopes.narrow`), and nothing left is
+`invalid_scope`. The token is an RFC 9068 JWT, `sub` = `client_id`, 300 s (SMART Backend Services).
+
+Revocation (RFC 7009): `token` must be given (else `invalid_request`); `token_type_hint` is
+ignored (only access tokens exist here). A valid access token issued to the calling client is
+recorded as revoked until its `exp`. Unknown, malformed, expired tokens — and tokens of another
+client, which are NOT revoked (a client may only revoke its own tokens, §2.1) — all answer 200
+with an empty body, so the answer never tells whether a token exists (§2.2).
+
+Introspection (RFC 7662): `{"active": false}` for anything that is not a valid, unexpired,
+unrevoked access token of the calling client; otherwise `active`, `scope`, `client_id`, `sub`,
+`iss`, `aud`, `iat`, `exp`, `jti`, `token_type` "Bearer" and `nbf`, `patient`, `encounter`,
+`fhirUser` when the token has them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from app.auth.bearer import (
+    MAX_TOKEN_LENGTH,
+    AccessTokenClaims,
+    BearerError,
+    BearerVerifier,
+    issue_access_token,
+)
+from app.auth.keys import Keyring
+from app.auth.rfc7523_backend import JwksFetcher, OAuthError, check_client_assertion
+from app.auth.scopes import narrow, parse_scopes
+from app.auth.store import AuthStore, Client
+
+log = logging.getLogger("yilian.auth.token")
+
+TOKEN_PATH = "/auth/token"
+REVOKE_PATH = "/auth/revoke"
+INTROSPECT_PATH = "/auth/introspect"
+FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_BYTES = 65_536
+MAX_FORM_FIELDS = 64
+BACKEND_TOKEN_SECONDS = 300
+CLIENT_CREDENTIALS = "client_credentials"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+_JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
+_SCHEME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")  # RFC 9110 token, bounded
+
+
+@dataclass(frozen=True)
+class AuthUrls:
+    """Where the authorization server lives, derived from the FHIR base URL."""
+
+    fhir_base: str
+    issuer: str
+    token: str
+    revoke: str
+    introspect: str
+
+    @classmethod
+    def from_base_url(cls, base_url: str) -> AuthUrls:
+        base = base_url.rstrip("/")
+        parts = urlsplit(base)
+        prefix = parts.path.rsplit("/", 1)[0] if "/" in parts.path else ""
+        issuer = urlunsplit((parts.scheme, parts.netloc, prefix + "/auth", "", ""))
+        return cls(fhir_base=base, issuer=issuer, token=issuer + "/token",
+                   revoke=issuer + "/revoke", introspect=issuer + "/introspect")
+
+
+class _NotOpen(Exception):
+    """The auth store or JWKS fetcher is not open (outside the app's lifespan)."""
+
+
+StoreGetter = Callable[[Request], AuthStore | None]
+FetcherGetter = Callable[[Request], JwksFetcher | None]
+
+
+def _json(body: dict[str, Any], status: int = 200,
+          headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers={**NO_STORE, **(headers or {})})
+
+
+def _error(exc: OAuthError, request: Request) -> Response:
+    headers: dict[str, str] = {}
+    status = exc.status_code
+    if exc.error == "invalid_client":
+        auth = request.headers.get("authorization")
+        if auth is not None:
+            # RFC 6749 §5.2: the client tried the Authorization header: 401 + a challenge in
+            # the scheme it used.
+            scheme = auth.strip().split(" ", 1)[0]
+            scheme = scheme if _SCHEME.fullmatch(scheme) else "Basic"
+            headers["WWW-Authenticate"] = f'{scheme} realm="yilian", error="invalid_client"'
+            status = 401
+        else:
+            status = 400
+    return _json({"error": exc.error, "error_description": exc.description}, status, headers)
+
+
+def _unavailable() -> Response:
+    return _json({"error": "temporarily_unavailable",
+                  "error_description": "the authorization server cannot answer right now; "
+                                       "try again shortly"}, 503, {"Retry-After": "5"})
+
+
+async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, str]:
+    """The request's urlencoded form, without blank parameters; `OAuthError` (invalid_request)
+    for another content type, a body over `limit` bytes, bad encoding or a repeated name."""
+    ctype = request.headers.get("content-type", "")
+    media, _, params = ctype.partition(";")
+    if media.strip().lower() != FORM_TYPE:
+        raise OAuthError("invalid_request", f"the request body must be {FORM_TYPE}")
+    charset = re.search(r"charset\s*=\s*\"?([^\";\s]*)", params, re.IGNORECASE)
+    if charset and charset.group(1).lower() not in ("utf-8", "utf8", "us-ascii"):
+        raise OAuthError("invalid_request", "the form must be encoded in UTF-8")
+    declared = request.headers.get("content-length", "")
+    too_big = OAuthError("invalid_request", f"the request body is larger than {limit} bytes")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    try:
+        text = bytes(body).decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
+                          encoding="utf-8", errors="strict", max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:  # UnicodeDecodeError included; also too many fields
+        raise OAuthError("invalid_request", "the form is not valid UTF-8 "
+                         "application/x-www-form-urlencoded data (or has too many "
+                         "parameters)") from None
+    form: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, value in pairs:
+        if name in seen:
+            raise OAuthError("invalid_request",
+                             f"parameter {name[:40]!r} is sent more than once (RFC 6749 §3.2)")
+        seen.add(name)
+        if value:
+            form[name] = value
+    return form
+
+
+def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
+                       jwks_fetcher: FetcherGetter,
+                       clock: Callable[[], float] = time.time) -> APIRouter:
+    """The three endpoints. `store` and `jwks_fetcher` are looked up per request (the app opens
+    them in its lifespan); while they are None the endpoints answer 503."""
+    urls = AuthUrls.from_base_url(base_url)
+    verifier = BearerVerifier(keyring, issuer=urls.issuer, audience=urls.fhir_base,
+                              revoked=lambda jti, gid: False, clock=clock, cache_size=0)
+    router = APIRouter()
+
+    def own_token(token: str | None, client: Client, auth_store: AuthStore,
+                  ) -> AccessTokenClaims | None:
+        """The claims of `token` when it is a valid, unexpired, unrevoked access token of
+        `client`; None otherwise."""
+        if not token or len(token) > MAX_TOKEN_LENGTH or not _JWS.fullmatch(token):
+            return None
+        now = clock()
+        try:
+            claims = verifier.verify_token(token, now=now)
+        except BearerError:
+            return None
+        if claims.client_id != client.client_id or claims.expires_at <= now:
+            return None
+        if auth_store.is_revoked(claims.jti, claims.grant_id):
+            return None
+        return claims
+
+    @router.post(TOKEN_PATH, include_in_schema=False)
+    async def token(request: Request) -> Response:
+        try:
+            form = await read_form(request)
+            grant_type = form.get("grant_type")
+            if grant_type is None:
+                raise OAuthError("invalid_request", "grant_type is required")
+            if grant_type != CLIENT_CREDENTIALS:
+                raise OAuthError("unsupported_grant_type",
+                                 f"grant_type {grant_type[:60]!r} is not supported here; "
+                                 f"SMART Backend Services use {CLIENT_CREDENTIALS}")
+            _, client, _ = await authenticate_form(request, form)
+            if CLIENT_CREDENTIALS not in client.grant_types:
+                raise OAuthError("unauthorized_client", "this client is not registered for "
+                                 "the client_credentials grant")
+            scope_text = form.get("scope")
+            if scope_text is None:
+                raise OAuthError("invalid_scope", "scope is required (system/ scopes, e.g. "
+                                 "system/Patient.rs)")
+            parsed = parse_scopes(scope_text)
+            if parsed.invalid:
+                raise OAuthError("invalid_scope", f"scope {parsed.invalid[0].scope[:80]!r}: "
+                                 f"{parsed.invalid[0].reason}")
+            requested = parsed.scopes
+            others = sorted(requested.other) + [str(s) for s in requested.clinical
+                                                if s.context != "system"]
+            if others:
+                raise OAuthError("invalid_scope", "backend services are granted system/ "
+                                 f"scopes only; remove {' '.join(others)[:200]}")
+            granted = narrow(requested, parse_scopes(client.scope).scopes)
+            if not granted.clinical:
+                raise OAuthError("invalid_scope", "none of the requested scopes is within "
+                                 "what this client is registered for")
+            access_token = await run_in_threadpool(
+                issue_access_token, keyring, issuer=urls.issuer, audience=urls.fhir_base,
+                client_id=client.client_id, scope=granted, subject=client.client_id,
+                lifetime=BACKEND_TOKEN_SECONDS, now=clock())
+        except OAuthError as exc:
+            return _error(exc, request)
+        except _NotOpen:
+            return _unavailable()
+        except Exception:  # store or keyring failure: never a 500 on a token request
+            log.exception("token request failed")
+            return _unavailable()
+        log.info("issued a backend access token to client %s for %s", client.client_id,
+                 granted.to_string())
+        return _json({"access_token": access_token, "token_type": "Bearer",
+                      "expires_in": BACKEND_TOKEN_SECONDS, "scope": granted.to_string()})
+
+    async def authenticate_form(request: Request, form: dict[str, str],
+                                ) -> tuple[dict[str, str], Client, AuthStore]:
+        """Authenticate the client of `form`; OAuthError, or _NotOpen while the store is
+        not open."""
+        if request.headers.get("authorization") is not None:
+            raise OAuthError("invalid_client", "this endpoint authenticates clients with a "
+                             "client_assertion (private_key_jwt) only; send no Authorization "
+                             "header")
+        auth_store, fetcher = store(request), jwks_fetcher(request)
+        if auth_store is None or fetcher is None:
+            raise _NotOpen
+        client = await run_in_threadpool(check_client_assertion, form, token_url=urls.token,
+                                         store=auth_store, jwks_fetcher=fetcher, clock=clock)
+        return form, client, auth_store
+
+    @router.post(REVOKE_PATH, include_in_schema=False)
+    async def revoke(request: Request) -> Response:
+        try:
+            form = await read_form(request)
+            _, client, auth_store = await authenticate_form(request, form)
+            token_value = form.get("token")
+            if token_value is None:
+                raise OAuthError("invalid_request", "token is required (the access token to "
+                                 "revoke)")
+            claims = await run_in_threadpool(own_token, token_value, client, auth_store)
+            if claims is not None:
+                await run_in_threadpool(auth_store.revoke, jti=claims.jti,
+                                        until=float(claims.expires_at))
+                log.info("client %s revoked access token %s", client.client_id, claims.jti)
+        except OAuthError as exc:
+            return _error(exc, request)
+        except _NotOpen:
+            return _unavailable()
+        except Exception:
+            log.exception("revocation request failed")
+            return _unavailable()
+        return Response(b"", status_code=200, headers=NO_STORE)
+
+    @router.post(INTROSPECT_PATH, include_in_schema=False)
+    async def introspect(request: Request) -> Response:
+        try:
+            form = await read_form(request)
+            _, client, auth_store = await authenticate_form(request, form)
+            token_value = form.get("token")
+            if token_value is None:
+                raise OAuthError("invalid_request", "token is required (the token to "
+                                 "introspect)")
+            claims = await run_in_threadpool(own_token, token_value, client, auth_store)
+        except OAuthError as exc:
+            return _error(exc, request)
+        except _NotOpen:
+            return _unavailable()
+        except Exception:
+            log.exception("introspection request failed")
+            return _unavailable()
+        if claims is None:
+            return _json({"active": False})
+        jwt = claims.to_jwt()
+        body: dict[str, Any] = {
+            "active": True, "scope": jwt["scope"], "client_id": claims.client_id,
+            "sub": claims.subject, "iss": claims.issuer, "aud": jwt["aud"],
+            "iat": claims.issued_at, "exp": claims.expires_at, "jti": claims.jti,
+            "token_type": "Bearer"}
+        for name in ("nbf", "patient", "encounter", "fhirUser"):
+            if name in jwt:
+                body[name] = jwt[name]
+        return _json(body)
+
+    return router
