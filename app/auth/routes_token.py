@@ -215,7 +215,7 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
                 raise OAuthError("unsupported_grant_type",
                                  f"grant_type {grant_type[:60]!r} is not supported here; "
                                  f"SMART Backend Services use {CLIENT_CREDENTIALS}")
-            _, client, _ = await authenticate_form(request, form)
+            client, _ = await authenticate_form(request, form)
             if CLIENT_CREDENTIALS not in client.grant_types:
                 raise OAuthError("unauthorized_client", "this client is not registered for "
                                  "the client_credentials grant")
@@ -254,7 +254,7 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
                       "expires_in": BACKEND_TOKEN_SECONDS, "scope": granted.to_string()})
 
     async def authenticate_form(request: Request, form: dict[str, str],
-                                ) -> tuple[dict[str, str], Client, AuthStore]:
+                                ) -> tuple[Client, AuthStore]:
         """Authenticate the client of `form`; OAuthError, or _NotOpen while the store is
         not open."""
         if request.headers.get("authorization") is not None:
@@ -266,18 +266,24 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
             raise _NotOpen
         client = await run_in_threadpool(check_client_assertion, form, token_url=urls.token,
                                          store=auth_store, jwks_fetcher=fetcher, clock=clock)
-        return form, client, auth_store
+        return client, auth_store
+
+    async def caller_and_token(request: Request, what: str,
+                               ) -> tuple[Client, AuthStore, AccessTokenClaims | None]:
+        """The authenticated caller of a revoke or introspect request, and the `token` it names
+        if that is a live access token of the caller's own (None otherwise)."""
+        form = await read_form(request)
+        client, auth_store = await authenticate_form(request, form)
+        token_value = form.get("token")
+        if token_value is None:
+            raise OAuthError("invalid_request", f"token is required (the access token to {what})")
+        claims = await run_in_threadpool(own_token, token_value, client, auth_store)
+        return client, auth_store, claims
 
     @router.post(REVOKE_PATH, include_in_schema=False)
     async def revoke(request: Request) -> Response:
         try:
-            form = await read_form(request)
-            _, client, auth_store = await authenticate_form(request, form)
-            token_value = form.get("token")
-            if token_value is None:
-                raise OAuthError("invalid_request", "token is required (the access token to "
-                                 "revoke)")
-            claims = await run_in_threadpool(own_token, token_value, client, auth_store)
+            client, auth_store, claims = await caller_and_token(request, "revoke")
             if claims is not None:
                 await run_in_threadpool(auth_store.revoke, jti=claims.jti,
                                         until=float(claims.expires_at))
@@ -294,13 +300,7 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
     @router.post(INTROSPECT_PATH, include_in_schema=False)
     async def introspect(request: Request) -> Response:
         try:
-            form = await read_form(request)
-            _, client, auth_store = await authenticate_form(request, form)
-            token_value = form.get("token")
-            if token_value is None:
-                raise OAuthError("invalid_request", "token is required (the token to "
-                                 "introspect)")
-            claims = await run_in_threadpool(own_token, token_value, client, auth_store)
+            _, _, claims = await caller_and_token(request, "introspect")
         except OAuthError as exc:
             return _error(exc, request)
         except _NotOpen:

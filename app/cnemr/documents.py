@@ -105,7 +105,7 @@ from app.cnemr.context import (
 from app.cnemr.errors import RowError, Severity, ValueRejected, per_group, per_row
 from app.cnemr.homepage import CS_TCM, CS_WST500, EXT_TCM_SYNDROME
 from app.cnemr.terminology import FHIR_PROFILES, codes
-from app.cnemr.values import fold, parse_datetime, parse_source_datetime
+from app.cnemr.values import SourceRow, fold, parse_datetime, parse_source_datetime
 from app.samples.hospital import CS_ICD10, DISEASES_BY_CODE, HL7_TERM, ICD10_VERSION, LOINC
 from app.text import is_digits
 
@@ -287,16 +287,8 @@ def _wst500_type(code: str, title: str) -> Resource:
 # -- 门(急)诊病历 -----------------------------------------------------------------------------
 
 
-class _Row:
+class _Row(SourceRow):
     """One source row with the problems found in it so far."""
-
-    def __init__(self, row: Mapping[str, Any], hospital: Hospital) -> None:
-        self.row = row
-        self.hospital = hospital
-        self.errors: list[RowError] = []
-
-    def get(self, element: str) -> str:
-        return fold(self.row.get(element))
 
     def add(self, field: str, rule: str, message: str, severity: Severity,
             value: str | None = None) -> None:

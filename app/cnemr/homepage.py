@@ -89,7 +89,7 @@ from app.cnemr.context import (
 )
 from app.cnemr.errors import RowError, ValueRejected, per_row
 from app.cnemr.terminology import UnknownTerminology, codes, coding, translate
-from app.cnemr.values import as_datetime, fold, parse_amount, parse_datetime
+from app.cnemr.values import SourceRow, as_datetime, parse_amount, parse_datetime
 from app.samples.hospital import (
     CS_ADMIT_SOURCE,
     CS_ICD10,
@@ -215,16 +215,8 @@ def _translated(system: str, code: str, concept_map: str) -> Resource:
     return concept
 
 
-class _Row:
+class _Row(SourceRow):
     """One 首页 row with the problems found in it so far."""
-
-    def __init__(self, row: Mapping[str, Any], hospital: Hospital) -> None:
-        self.row = row
-        self.hospital = hospital
-        self.errors: list[RowError] = []
-
-    def get(self, element: str) -> str:
-        return fold(self.row.get(element))
 
     def warn(self, field: str, rule: str, message: str) -> None:
         self.errors.append(RowError(field, self.get(field), rule, message, "warning"))

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from app.cnemr.errors import ValueRejected
+from app.cnemr.context import Hospital
+from app.cnemr.errors import RowError, ValueRejected
 from app.samples.identity import (
     PROVINCE_PREFIXES,
     IdInfo,
@@ -57,6 +59,18 @@ _SEPARATED = re.compile(
     r"(?:(?:\s+|T)(\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?")
 _DATE_FORMS = ("YYYYMMDD, YYYY-MM-DD, YYYY/MM/DD or YYYY年M月D日, optionally followed by "
                "HH:MM[:SS] (or YYYYMMDD[T]HHMM[SS])")
+
+
+class SourceRow:
+    """One source row as a mapper reads it (values folded), with the problems found so far."""
+
+    def __init__(self, row: Mapping[str, Any], hospital: Hospital) -> None:
+        self.row = row
+        self.hospital = hospital
+        self.errors: list[RowError] = []
+
+    def get(self, element: str) -> str:
+        return fold(self.row.get(element))
 
 
 class ParsedDateTime(NamedTuple):
