@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     profiles_dir: Path = Path(__file__).resolve().parents[1] / "fhir_profiles"
     # JWS algorithm of the access tokens Yilian signs (id_tokens are always RS256).
     token_alg: Literal["RS256", "ES384"] = "RS256"
+    # `smart`: every FHIR interaction needs a SMART access token (metadata and discovery stay
+    # public). `off`: no authorization at all — development only, refused unless `host` is a
+    # loopback address.
+    auth: Literal["smart", "off"] = "smart"
+    # Lifetimes (seconds unless named otherwise). Access tokens of user flows live at most 1 h.
+    access_token_seconds: int = Field(3600, ge=60, le=3600)
+    code_seconds: int = Field(120, ge=10, le=600)
+    offline_refresh_days: int = Field(90, ge=1, le=365)
+    session_idle_minutes: int = Field(30, ge=1, le=720)
+    # Initial access token accepted by RFC 7591 dynamic registration (`POST /auth/register`);
+    # empty: only tokens made with `yilian clients token` (stored hashed in the auth store).
+    registration_token: str = ""
 
     @model_validator(mode="after")
     def _derive_base_url(self) -> Settings:

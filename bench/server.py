@@ -133,7 +133,7 @@ def yilian_server(var_dir: Path, log_path: Path, *, extra_env: dict[str, str] | 
     port = free_port()
     env = {"YILIAN_HOST": HOST, "YILIAN_PORT": str(port),
            "YILIAN_BASE_URL": f"http://{HOST}:{port}/fhir", "YILIAN_VAR_DIR": str(var_dir),
-           "YILIAN_DEMO": "false",
+           "YILIAN_DEMO": "false", "YILIAN_AUTH": "off",
            "YILIAN_LOG_LEVEL": "warning", **(extra_env or {})}
     return ServerProcess("yilian", [sys.executable, "-m", "app.cli", "serve"], port, log_path,
                          env=env, ready_path="/fhir/metadata", ready_timeout=ready_timeout)

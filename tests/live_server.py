@@ -105,6 +105,7 @@ class LiveServer:
             "YILIAN_DEMO": "false",
             "YILIAN_BASE_URL": self.base_url,
             "YILIAN_LOG_LEVEL": "info",
+            "YILIAN_AUTH": "off",  # tests of enforcement pass env={"YILIAN_AUTH": "smart"}
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
             "PYTHONUNBUFFERED": "1",
         })
