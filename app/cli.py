@@ -21,11 +21,20 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn's workers build their Settings from the environment: hand the overrides on
     for key, value in overrides.items():
         os.environ[f"YILIAN_{key.upper()}"] = str(value)
+    from app.auth.authorizer import check_dev_flag
+
+    banner = check_dev_flag(settings)  # SystemExit: auth=off on a non-loopback host
     settings.var_dir.mkdir(parents=True, exist_ok=True)
+    demo_lines: list[str] = []
     if settings.demo:
         _load_demo(settings)
+        demo_lines = _seed_demo_auth(settings)
     print(f"Yilian FHIR R4 server on http://{settings.host}:{settings.port}/fhir "
           f"(store: {settings.store} under {settings.var_dir}/); Ctrl-C stops it", flush=True)
+    if demo_lines:
+        print("\n".join(demo_lines), flush=True)
+    if banner is not None:
+        _print_banner(banner)
     uvicorn.run("app.asgi:app", host=settings.host, port=settings.port,
                 workers=settings.workers, log_level=settings.log_level,
                 access_log=False, factory=False)
@@ -53,6 +62,26 @@ def _load_demo(settings: Settings) -> None:
     if written:
         print(f"loaded the demo hospital: {written} resources (YILIAN_DEMO=false to skip)",
               flush=True)
+
+
+def _seed_demo_auth(settings: Settings) -> list[str]:
+    """Demo accounts and the demo app (app/auth/demo.py); the lines telling how to sign in."""
+    from contextlib import closing
+
+    from app.auth.demo import seed_demo_auth
+    from app.auth.sqlite_store import SqliteAuthStore
+
+    with closing(SqliteAuthStore.in_var_dir(settings.var_dir)) as store:
+        return seed_demo_auth(store, settings.base_url, settings.var_dir)
+
+
+def _print_banner(text: str) -> None:
+    """A banner that cannot be missed: red and framed on a terminal, framed otherwise."""
+    rule = "!" * 78
+    body = f"{rule}\n!! {text}\n{rule}"
+    if sys.stdout.isatty():
+        body = f"\033[1;31m{body}\033[0m"
+    print(body, flush=True)
 
 
 def _import(args: argparse.Namespace) -> int:

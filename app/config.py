@@ -44,10 +44,10 @@ class Settings(BaseSettings):
     # loopback address.
     auth: Literal["smart", "off"] = "smart"
     # Lifetimes (seconds unless named otherwise). Access tokens of user flows live at most 1 h.
-    access_token_seconds: int = Field(3600, ge=60, le=3600)
-    code_seconds: int = Field(120, ge=10, le=600)
-    offline_refresh_days: int = Field(90, ge=1, le=365)
-    session_idle_minutes: int = Field(30, ge=1, le=720)
+    access_token_seconds: int = Field(default=3600, ge=60, le=3600)
+    code_seconds: int = Field(default=120, ge=10, le=600)
+    offline_refresh_days: int = Field(default=90, ge=1, le=365)
+    session_idle_minutes: int = Field(default=30, ge=1, le=720)
     # Initial access token accepted by RFC 7591 dynamic registration (`POST /auth/register`);
     # empty: only tokens made with `yilian clients token` (stored hashed in the auth store).
     registration_token: str = ""

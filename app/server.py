@@ -20,8 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
+from app.auth.authorize import build_authorize_router
+from app.auth.authorizer import build_smart_hooks
+from app.auth.cors import SmartCors
+from app.auth.demo import build_demo_app_router
+from app.auth.discovery import build_discovery_router
 from app.auth.keys import Keyring
 from app.auth.rfc7523_backend import HttpJwksFetcher
+from app.auth.rfc7591_registration import build_registration_router
 from app.auth.routes_jwks import build_jwks_router
 from app.auth.routes_token import build_token_router
 from app.auth.sqlite_store import SqliteAuthStore
@@ -155,10 +161,12 @@ def build_service(settings: Settings, hooks: Hooks) -> tuple[FhirService, list[d
 
 def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> FastAPI:
     settings = settings or Settings()
-    hooks = hooks or Hooks()
+    keyring = Keyring(settings.keys_dir, settings.token_alg)
+    if hooks is None:
+        # SMART enforcement (app/auth/authorizer.py) unless authorization is switched off.
+        hooks = build_smart_hooks(settings, keyring) if settings.auth == "smart" else Hooks()
     service, profile_resources = build_service(settings, hooks)
     store = service.store
-    keyring = Keyring(settings.keys_dir, settings.token_alg)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -230,8 +238,21 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
         keyring, settings.base_url,
         store=lambda request: request.app.state.auth_store,
         jwks_fetcher=lambda request: request.app.state.jwks_fetcher))
+    app.include_router(build_registration_router(
+        store=lambda request: request.app.state.auth_store,
+        registration_token=settings.registration_token))
+    app.include_router(build_authorize_router(
+        keyring, settings, service=service,
+        store=lambda request: request.app.state.auth_store,
+        jwks_fetcher=lambda request: request.app.state.jwks_fetcher))
+    # Before the FHIR router: its /fhir/{type}/{id} would take /fhir/.well-known/….
+    app.include_router(build_discovery_router(settings.base_url))
+    if settings.demo:
+        app.include_router(build_demo_app_router(settings.base_url))
     app.include_router(build_router(service))
     app.add_middleware(FastRead, service=service)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(TrailingSlash)
+    # Outermost (added last): CORS headers on every answer, FastRead's and errors' too.
+    app.add_middleware(SmartCors)
     return app

@@ -1,6 +1,6 @@
-"""SMART Backend Services token service: `POST /auth/token` (RFC 6749 §4.4 client_credentials
-with RFC 7523 private_key_jwt client authentication), `POST /auth/revoke` (RFC 7009) and
-`POST /auth/introspect` (RFC 7662).
+"""The token service: `POST /auth/token` (RFC 6749 §4.1 authorization_code with RFC 7636 PKCE,
+§6 refresh_token, §4.4 client_credentials with RFC 7523 private_key_jwt), `POST /auth/revoke`
+(RFC 7009) and `POST /auth/introspect` (RFC 7662).
 
 URLs. The issuer and the endpoint URLs are derived from `settings.base_url` (the public FHIR base
 URL): its last path segment (`/fhir`, where the FHIR router is mounted) is replaced by `/auth`,
@@ -12,13 +12,23 @@ identify the authorization server). Access tokens get `aud` = the FHIR base URL.
 
 Requests. Bodies are `application/x-www-form-urlencoded` only (UTF-8), at most 64 kB, parsed
 with `urllib.parse.parse_qsl`; a parameter sent twice is refused (RFC 6749 §3.2) and one sent
-without a value counts as omitted (§3.1). Clients authenticate with a `client_assertion` only
-(`check_client_assertion`, each assertion single use); a request that also carries an
+without a value counts as omitted (§3.1).
+
+User flows (authorization_code, refresh_token) go to Authlib's code and refresh grants
+(`grants.py`: PKCE S256 for every client, single-use codes whose replay revokes the grant,
+rotating refresh tokens bound to their client, narrowing-only `scope`); client authentication
+there is `none` (public clients, `client_id` in the body), `client_secret_basic`,
+`client_secret_post` (symmetric clients) or `private_key_jwt` (asymmetric clients), each client
+only with the method of its kind. client_credentials authenticates with a `client_assertion`
+only (`check_client_assertion`, each assertion single use); a request that also carries an
 `Authorization` header is refused with 401 `invalid_client` and a `WWW-Authenticate` challenge
 naming the scheme the client used (RFC 6749 §5.2); other `invalid_client` errors are 400, the
-RFC's default. Errors are RFC 6749 §5.2 JSON `{"error", "error_description"}`; every response
-carries `Cache-Control: no-store` and `Pragma: no-cache`. No input gives a 500: store or key
-failures answer 503 `temporarily_unavailable`.
+RFC's default. Revocation and introspection accept private_key_jwt, HTTP Basic and
+client_secret_post; revocation also a public client's bare `client_id` (RFC 7009 §5).
+
+Errors are RFC 6749 §5.2 JSON `{"error", "error_description"}`; every response carries
+`Cache-Control: no-store` and `Pragma: no-cache`. No input gives a 500: store or key failures
+answer 503 `temporarily_unavailable`.
 
 Token (client_credentials): the client must list `client_credentials` in its grant types
 (else `unauthorized_client`); `scope` is required and may hold `system/` scopes only (anything
@@ -27,26 +37,32 @@ narrowed to the client's registered ceiling (`scopes.narrow`), and nothing left 
 `invalid_scope`. The token is an RFC 9068 JWT, `sub` = `client_id`, 300 s (SMART Backend Services).
 
 Revocation (RFC 7009): `token` must be given (else `invalid_request`); `token_type_hint` is
-ignored (only access tokens exist here). A valid access token issued to the calling client is
-recorded as revoked until its `exp`. Unknown, malformed, expired tokens — and tokens of another
-client, which are NOT revoked (a client may only revoke its own tokens, §2.1) — all answer 200
+ignored (both kinds are recognised). A valid access token issued to the calling client is
+recorded as revoked until its `exp`; a refresh token of the calling client revokes its whole
+grant: the grant's refresh tokens and every access token issued under it (`gid`). Unknown,
+malformed, expired tokens — and tokens of another client, which are NOT revoked (a client may
+only revoke its own tokens, §2.1) — all answer 200
 with an empty body, so the answer never tells whether a token exists (§2.2).
 
 Introspection (RFC 7662): `{"active": false}` for anything that is not a valid, unexpired,
-unrevoked access token of the calling client; otherwise `active`, `scope`, `client_id`, `sub`,
+unrevoked token of the calling client. A live refresh token answers `active`, `scope` (the
+grant's), `client_id`, `sub`, `iss`, `exp`, `token_type` "refresh_token", `fhirUser` and the
+launch context. An access token answers `active`, `scope`, `client_id`, `sub`,
 `iss`, `aud`, `iat`, `exp`, `jti`, `token_type` "Bearer" and `nbf`, `patient`, `encounter`,
-`fhirUser` when the token has them.
+`fhirUser` (as an absolute URL, as in the id_token) when the token has them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit, urlunsplit
 
 import orjson
 from fastapi import APIRouter, Request
@@ -60,10 +76,12 @@ from app.auth.bearer import (
     BearerVerifier,
     issue_access_token,
 )
+from app.auth.clients import verify_client_secret
+from app.auth.grants import FormRequest, build_server
 from app.auth.keys import Keyring
 from app.auth.rfc7523_backend import JwksFetcher, OAuthError, check_client_assertion
 from app.auth.scopes import narrow, parse_scopes
-from app.auth.store import AuthStore, Client
+from app.auth.store import AuthStore, Client, hash_secret
 
 log = logging.getLogger("yilian.auth.token")
 
@@ -75,6 +93,7 @@ MAX_FORM_BYTES = 65_536
 MAX_FORM_FIELDS = 64
 BACKEND_TOKEN_SECONDS = 300
 CLIENT_CREDENTIALS = "client_credentials"
+USER_FLOW_GRANTS = ("authorization_code", "refresh_token")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 _JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
@@ -211,10 +230,12 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
             grant_type = form.get("grant_type")
             if grant_type is None:
                 raise OAuthError("invalid_request", "grant_type is required")
+            if grant_type in USER_FLOW_GRANTS:
+                return await user_flow_token(request, form)
             if grant_type != CLIENT_CREDENTIALS:
                 raise OAuthError("unsupported_grant_type",
-                                 f"grant_type {grant_type[:60]!r} is not supported here; "
-                                 f"SMART Backend Services use {CLIENT_CREDENTIALS}")
+                                 f"grant_type {grant_type[:60]!r} is not supported; use "
+                                 "authorization_code, refresh_token or client_credentials")
             client, _ = await authenticate_form(request, form)
             if CLIENT_CREDENTIALS not in client.grant_types:
                 raise OAuthError("unauthorized_client", "this client is not registered for "
@@ -253,6 +274,83 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
         return _json({"access_token": access_token, "token_type": "Bearer",
                       "expires_in": BACKEND_TOKEN_SECONDS, "scope": granted.to_string()})
 
+    async def user_flow_token(request: Request, form: dict[str, str]) -> Response:
+        """authorization_code and refresh_token through Authlib (`grants.py`): client
+        authentication none / client_secret_basic / client_secret_post / private_key_jwt."""
+        auth_store = store(request)
+        if auth_store is None:
+            raise _NotOpen
+        settings = request.app.state.settings
+        server = build_server(store=auth_store, keyring=keyring, issuer=urls.issuer,
+                              fhir_base=urls.fhir_base,
+                              access_token_seconds=settings.access_token_seconds,
+                              code_seconds=settings.code_seconds,
+                              offline_refresh_days=settings.offline_refresh_days,
+                              session_idle_minutes=settings.session_idle_minutes,
+                              jwks_fetcher=jwks_fetcher(request), clock=clock)
+        header = request.headers.get("authorization")
+        if header is not None and header.strip().lower().startswith("basic "):
+            try:  # Authlib 1.9.9 raises UnicodeDecodeError on non-UTF-8 Basic credentials
+                base64.b64decode(header.strip()[6:].strip()).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise OAuthError("invalid_client", "the Basic credentials are not base64 of "
+                                 "UTF-8 client_id:client_secret", 401) from None
+        oauth_request = FormRequest("POST", urls.token, request.headers, form)
+        status, body, headers = await run_in_threadpool(server.create_token_response,
+                                                        oauth_request)
+        extra = {k: v for k, v in headers if k.lower() == "www-authenticate"}
+        if isinstance(body, dict) and "error" in body:
+            body = {"error": body["error"],
+                    "error_description": body.get("error_description") or body["error"]}
+            if status == 401 and not extra:
+                extra["WWW-Authenticate"] = 'Basic realm="yilian", error="invalid_client"'
+        elif status == 200:
+            log.info("issued a user-flow token (%s) to client %s", form.get("grant_type"),
+                     form.get("client_id", "(authenticated)"))
+        return _json(body if isinstance(body, dict) else {}, status, extra)
+
+    async def authenticate_any(request: Request, form: dict[str, str], *,
+                               allow_public: bool) -> tuple[Client, AuthStore]:
+        """Client authentication for revocation and introspection: private_key_jwt, HTTP
+        Basic or client_secret_post (symmetric clients), or, when `allow_public`, a public
+        client's bare `client_id` (RFC 7009 §2.1 lets public clients revoke their tokens)."""
+        if "client_assertion" in form or "client_assertion_type" in form:
+            return await authenticate_form(request, form)
+        auth_store = store(request)
+        if auth_store is None:
+            raise _NotOpen
+        header = request.headers.get("authorization")
+        bad = OAuthError("invalid_client", "client authentication failed")
+        if header is not None:
+            scheme, _, credentials = header.strip().partition(" ")
+            if scheme.lower() != "basic":
+                raise bad
+            try:
+                decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise bad from None
+            raw_id, sep, raw_secret = decoded.partition(":")
+            if not sep:
+                raise bad
+            client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+            if form.get("client_id", client_id) != client_id:
+                raise OAuthError("invalid_request", "client_id differs from the one in the "
+                                 "Authorization header")
+        elif "client_secret" in form:
+            client_id, secret = form.get("client_id", ""), form["client_secret"]
+        elif allow_public and "client_id" in form:
+            client = await run_in_threadpool(auth_store.get_client, form["client_id"])
+            if client is None or client.kind != "public":
+                raise bad
+            return client, auth_store
+        else:
+            return await authenticate_form(request, form)
+        client = await run_in_threadpool(auth_store.get_client, client_id) if client_id \
+            else None
+        if client is None or not verify_client_secret(client, secret):
+            raise bad
+        return client, auth_store
+
     async def authenticate_form(request: Request, form: dict[str, str],
                                 ) -> tuple[Client, AuthStore]:
         """Authenticate the client of `form`; OAuthError, or _NotOpen while the store is
@@ -269,25 +367,48 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
         return client, auth_store
 
     async def caller_and_token(request: Request, what: str,
-                               ) -> tuple[Client, AuthStore, AccessTokenClaims | None]:
-        """The authenticated caller of a revoke or introspect request, and the `token` it names
-        if that is a live access token of the caller's own (None otherwise)."""
+                               ) -> tuple[Client, AuthStore, AccessTokenClaims | None, str]:
+        """The authenticated caller of a revoke or introspect request, the `token` it names
+        if that is a live access token of the caller's own (None otherwise), and the token."""
         form = await read_form(request)
-        client, auth_store = await authenticate_form(request, form)
+        client, auth_store = await authenticate_any(request, form,
+                                                    allow_public=what == "revoke")
         token_value = form.get("token")
         if token_value is None:
-            raise OAuthError("invalid_request", f"token is required (the access token to {what})")
+            raise OAuthError("invalid_request", f"token is required (the token to {what})")
         claims = await run_in_threadpool(own_token, token_value, client, auth_store)
-        return client, auth_store, claims
+        return client, auth_store, claims, token_value
+
+    def own_refresh(token: str, client: Client, auth_store: AuthStore,
+                    ) -> tuple[Any, Any] | None:
+        """(refresh token record, grant) when `token` is a live refresh token of `client`."""
+        if len(token) > 256:
+            return None
+        record = auth_store.get_refresh_token(hash_secret(token))
+        if record is None or record.client_id != client.client_id:
+            return None
+        grant = auth_store.get_grant(record.grant_id)
+        if grant is None:
+            return None
+        return record, grant
 
     @router.post(REVOKE_PATH, include_in_schema=False)
     async def revoke(request: Request) -> Response:
         try:
-            client, auth_store, claims = await caller_and_token(request, "revoke")
+            client, auth_store, claims, value = await caller_and_token(request, "revoke")
             if claims is not None:
                 await run_in_threadpool(auth_store.revoke, jti=claims.jti,
                                         until=float(claims.expires_at))
                 log.info("client %s revoked access token %s", client.client_id, claims.jti)
+            else:
+                found = await run_in_threadpool(own_refresh, value, client, auth_store)
+                if found is not None:
+                    # a refresh token stands for its grant: revoke the grant, its refresh
+                    # tokens and every access token issued under it (`gid`)
+                    await run_in_threadpool(auth_store.revoke_grant, found[1].grant_id,
+                                            clock())
+                    log.info("client %s revoked grant %s", client.client_id,
+                             found[1].grant_id)
         except OAuthError as exc:
             return _error(exc, request)
         except _NotOpen:
@@ -300,7 +421,9 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
     @router.post(INTROSPECT_PATH, include_in_schema=False)
     async def introspect(request: Request) -> Response:
         try:
-            _, _, claims = await caller_and_token(request, "introspect")
+            client, auth_store, claims, value = await caller_and_token(request, "introspect")
+            found = None if claims is not None else await run_in_threadpool(
+                own_refresh, value, client, auth_store)
         except OAuthError as exc:
             return _error(exc, request)
         except _NotOpen:
@@ -308,6 +431,20 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
         except Exception:
             log.exception("introspection request failed")
             return _unavailable()
+        if claims is None and found is not None:
+            record, grant = found
+            now = clock()
+            if record.used_at is not None or record.expires <= now or \
+                    grant.revoked_at is not None:
+                return _json({"active": False})
+            refresh: dict[str, Any] = {
+                "active": True, "scope": grant.scope, "client_id": client.client_id,
+                "sub": grant.fhir_user, "iss": urls.issuer, "exp": int(record.expires),
+                "token_type": "refresh_token", "fhirUser": f"{urls.fhir_base}/{grant.fhir_user}"}
+            for name, v in (("patient", grant.patient), ("encounter", grant.encounter)):
+                if v:
+                    refresh[name] = v
+            return _json(refresh)
         if claims is None:
             return _json({"active": False})
         jwt = claims.to_jwt()
@@ -319,6 +456,8 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
         for name in ("nbf", "patient", "encounter", "fhirUser"):
             if name in jwt:
                 body[name] = jwt[name]
+        if "fhirUser" in body and not str(body["fhirUser"]).startswith(("http://", "https://")):
+            body["fhirUser"] = f"{urls.fhir_base}/{body['fhirUser']}"  # SMART: an absolute URL
         return _json(body)
 
     return router

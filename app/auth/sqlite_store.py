@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -19,16 +20,26 @@ from pathlib import Path
 from typing import Any
 
 from app.auth.store import (
+    AuthCode,
+    AuthRequest,
     Client,
     DuplicateError,
+    Grant,
+    Launch,
     Lockout,
+    RefreshToken,
     RegistrationToken,
+    Session,
     User,
     username_key,
 )
 
 AUTH_DB_NAME = "auth.sqlite3"
-SCHEMA_VERSION = 1
+# 2: sessions, pending authorization requests, launches, grants, codes, refresh tokens. Every
+# table is `CREATE TABLE IF NOT EXISTS`, so a version-1 file gains them when it is opened.
+SCHEMA_VERSION = 2
+# A revoked grant's access tokens live at most this long after the grant's last refresh.
+_ACCESS_TOKEN_MAX_SECONDS = 3600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS client (
@@ -85,6 +96,72 @@ CREATE TABLE IF NOT EXISTS login_lock (
     until REAL NOT NULL,
     seconds REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session (
+    hash TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    fhir_user TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_request (
+    id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    params TEXT NOT NULL,
+    launch_username TEXT,
+    launch_patient TEXT,
+    launch_encounter TEXT,
+    ehr_launch INTEGER NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS launch (
+    hash TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    patient TEXT NOT NULL,
+    encounter TEXT,
+    expires REAL NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS grant_ (
+    id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    fhir_user TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    patient TEXT,
+    encounter TEXT,
+    ehr_launch INTEGER NOT NULL,
+    session_hash TEXT,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE INDEX IF NOT EXISTS grant_username ON grant_ (username, created);
+CREATE TABLE IF NOT EXISTS code (
+    hash TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    nonce TEXT,
+    code_challenge TEXT,
+    code_challenge_method TEXT,
+    auth_time REAL NOT NULL,
+    expires REAL NOT NULL,
+    used_at REAL
+);
+CREATE TABLE IF NOT EXISTS refresh (
+    hash TEXT PRIMARY KEY,
+    grant_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    expires REAL NOT NULL,
+    used_at REAL
+);
 """
 
 
@@ -108,6 +185,9 @@ class SqliteAuthStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         _create_private(path)
         self._lock = threading.Lock()
+        # Revoked keys, read again only when the file changed (see `is_revoked`)
+        self._revoked: frozenset[str] | None = None
+        self._revoked_version = -1
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=10.0)
         self._db.execute("PRAGMA busy_timeout=10000")
@@ -240,15 +320,169 @@ class SqliteAuthStore:
         if (jti is None) == (grant_id is None) or not (jti or grant_id):
             raise ValueError("revoke exactly one of a non-empty jti or grant_id")
         key = f"jti:{jti}" if jti is not None else f"gid:{grant_id}"
-        self._run("INSERT INTO revoked (key, until) VALUES (?, ?) "
-                  "ON CONFLICT (key) DO UPDATE SET until = max(until, excluded.until)",
-                  (key, until))
+        with self._lock:
+            self._db.execute("INSERT INTO revoked (key, until) VALUES (?, ?) "
+                             "ON CONFLICT (key) DO UPDATE SET until = max(until, excluded.until)",
+                             (key, until))
+            self._revoked = None  # after the write, under the lock: no reader caches stale
 
     def is_revoked(self, jti: str, grant_id: str | None) -> bool:
-        keys = (f"jti:{jti}",) if grant_id is None else (f"jti:{jti}", f"gid:{grant_id}")
-        return bool(self._all(
-            f"SELECT 1 FROM revoked WHERE key IN ({', '.join('?' for _ in keys)}) LIMIT 1",
-            keys))
+        """Asked on every FHIR request: answered from an in-memory copy of `revoked`, read
+        again only when `PRAGMA data_version` says another connection (another worker, the CLI)
+        committed, or this one wrote a revocation (data_version ignores a connection's own
+        commits). One PRAGMA instead of one SELECT per request."""
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if self._revoked is None or version != self._revoked_version:
+                self._revoked = frozenset(
+                    key for (key,) in self._db.execute("SELECT key FROM revoked"))
+                self._revoked_version = version
+            revoked = self._revoked
+        return f"jti:{jti}" in revoked or (grant_id is not None and f"gid:{grant_id}" in revoked)
+
+    # sessions, pending requests, launches
+
+    def server_secret(self) -> bytes:
+        self._run("INSERT OR IGNORE INTO meta (name, value) VALUES ('server_secret', ?)",
+                  (secrets.token_bytes(32),))
+        return bytes(self._all("SELECT value FROM meta WHERE name = 'server_secret'")[0][0])
+
+    def add_session(self, session: Session) -> None:
+        self._run("INSERT INTO session (hash, username, fhir_user, created, last_seen, expires) "
+                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  (session.session_hash, session.username, session.fhir_user, session.created,
+                   session.last_seen, session.expires))
+
+    def get_session(self, session_hash: str) -> Session | None:
+        rows = self._all("SELECT hash, username, fhir_user, created, last_seen, expires "
+                         "FROM session WHERE hash = ?", (session_hash,))
+        return Session(*rows[0]) if rows else None
+
+    def touch_session(self, session_hash: str, now: float) -> None:
+        self._run("UPDATE session SET last_seen = ? WHERE hash = ?", (now, session_hash))
+
+    def delete_session(self, session_hash: str) -> None:
+        self._run("DELETE FROM session WHERE hash = ?", (session_hash,))
+
+    def add_auth_request(self, request: AuthRequest) -> None:
+        self._run("INSERT INTO auth_request (id, client_id, params, launch_username, "
+                  "launch_patient, launch_encounter, ehr_launch, expires) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  (request.request_id, request.client_id, json.dumps(dict(request.params)),
+                   request.launch_username, request.launch_patient, request.launch_encounter,
+                   int(request.ehr_launch), request.expires))
+
+    def get_auth_request(self, request_id: str) -> AuthRequest | None:
+        rows = self._all("SELECT id, client_id, params, launch_username, launch_patient, "
+                         "launch_encounter, ehr_launch, expires FROM auth_request WHERE id = ?",
+                         (request_id,))
+        if not rows:
+            return None
+        rid, client_id, params, user, patient, encounter, ehr, expires = rows[0]
+        return AuthRequest(request_id=rid, client_id=client_id, params=json.loads(params),
+                           expires=expires, launch_username=user, launch_patient=patient,
+                           launch_encounter=encounter, ehr_launch=bool(ehr))
+
+    def delete_auth_request(self, request_id: str) -> None:
+        self._run("DELETE FROM auth_request WHERE id = ?", (request_id,))
+
+    def add_launch(self, launch: Launch) -> None:
+        self._run("INSERT INTO launch (hash, username, client_id, patient, encounter, expires) "
+                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  (launch.launch_hash, launch.username, launch.client_id, launch.patient,
+                   launch.encounter, launch.expires))
+
+    def consume_launch(self, launch_hash: str, now: float) -> Launch | None:
+        rows = self._all("UPDATE launch SET used = 1 WHERE hash = ? AND used = 0 AND expires > ? "
+                         "RETURNING hash, username, client_id, patient, encounter, expires",
+                         (launch_hash, now))
+        return Launch(*rows[0]) if rows else None
+
+    # grants, codes, refresh tokens
+
+    _GRANT_COLUMNS = ("id, client_id, username, fhir_user, scope, patient, encounter, "
+                      "ehr_launch, session_hash, created, expires, revoked_at")
+
+    @staticmethod
+    def _grant(row: tuple[Any, ...]) -> Grant:
+        (gid, client_id, username, fhir_user, scope, patient, encounter, ehr, session_hash,
+         created, expires, revoked_at) = row
+        return Grant(grant_id=gid, client_id=client_id, username=username, fhir_user=fhir_user,
+                     scope=scope, patient=patient, encounter=encounter, ehr_launch=bool(ehr),
+                     session_hash=session_hash, created=created, expires=expires,
+                     revoked_at=revoked_at)
+
+    def add_grant(self, grant: Grant) -> None:
+        self._run(f"INSERT INTO grant_ ({self._GRANT_COLUMNS}) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (grant.grant_id, grant.client_id, grant.username, grant.fhir_user,
+                   grant.scope, grant.patient, grant.encounter, int(grant.ehr_launch),
+                   grant.session_hash, grant.created, grant.expires, grant.revoked_at))
+
+    def get_grant(self, grant_id: str) -> Grant | None:
+        rows = self._all(f"SELECT {self._GRANT_COLUMNS} FROM grant_ WHERE id = ?", (grant_id,))
+        return self._grant(rows[0]) if rows else None
+
+    def list_grants(self, username: str, now: float) -> list[Grant]:
+        return [self._grant(r) for r in self._all(
+            f"SELECT {self._GRANT_COLUMNS} FROM grant_ WHERE username = ? AND revoked_at IS NULL "
+            "AND expires > ? ORDER BY created DESC", (username, now))]
+
+    def revoke_grant(self, grant_id: str, now: float) -> bool:
+        with self._lock:
+            self._revoked = None
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = self._db.execute(
+                    "UPDATE grant_ SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    (now, grant_id)).rowcount == 1
+                # the grant's access tokens are refused until the last one could expire
+                self._db.execute(
+                    "INSERT INTO revoked (key, until) VALUES (?, ?) ON CONFLICT (key) "
+                    "DO UPDATE SET until = max(until, excluded.until)",
+                    (f"gid:{grant_id}", now + _ACCESS_TOKEN_MAX_SECONDS))
+                self._db.execute("UPDATE refresh SET used_at = coalesce(used_at, ?) "
+                                 "WHERE grant_id = ?", (now, grant_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return changed
+
+    _CODE_COLUMNS = ("hash, client_id, redirect_uri, grant_id, scope, expires, auth_time, nonce, "
+                     "code_challenge, code_challenge_method, used_at")
+
+    def add_code(self, code: AuthCode) -> None:
+        self._run(f"INSERT INTO code ({self._CODE_COLUMNS}) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (code.code_hash, code.client_id, code.redirect_uri, code.grant_id,
+                   code.scope, code.expires, code.auth_time, code.nonce, code.code_challenge,
+                   code.code_challenge_method, code.used_at))
+
+    def consume_code(self, code_hash: str, now: float) -> tuple[AuthCode | None, bool]:
+        rows = self._all(f"UPDATE code SET used_at = ? WHERE hash = ? AND used_at IS NULL "
+                         f"AND expires > ? RETURNING {self._CODE_COLUMNS}",
+                         (now, code_hash, now))
+        if rows:
+            return AuthCode(*rows[0]), True
+        rows = self._all(f"SELECT {self._CODE_COLUMNS} FROM code WHERE hash = ? "
+                         "AND used_at IS NOT NULL", (code_hash,))
+        return (AuthCode(*rows[0]), False) if rows else (None, False)
+
+    def add_refresh_token(self, token: RefreshToken) -> None:
+        self._run("INSERT INTO refresh (hash, grant_id, client_id, expires, used_at) "
+                  "VALUES (?, ?, ?, ?, ?)",
+                  (token.token_hash, token.grant_id, token.client_id, token.expires,
+                   token.used_at))
+
+    def get_refresh_token(self, token_hash: str) -> RefreshToken | None:
+        rows = self._all("SELECT hash, grant_id, client_id, expires, used_at FROM refresh "
+                         "WHERE hash = ?", (token_hash,))
+        return RefreshToken(*rows[0]) if rows else None
+
+    def use_refresh_token(self, token_hash: str, now: float) -> bool:
+        return self._run("UPDATE refresh SET used_at = ? WHERE hash = ? AND used_at IS NULL",
+                         (now, token_hash)).rowcount == 1
 
     # login throttle
 
@@ -276,6 +510,7 @@ class SqliteAuthStore:
 
     def purge(self, now: float, failure_window: float) -> int:
         with self._lock:
+            self._revoked = None
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 n = sum(self._db.execute(sql, params).rowcount for sql, params in (
@@ -285,6 +520,13 @@ class SqliteAuthStore:
                     ("DELETE FROM revoked WHERE until < ?", (now,)),
                     ("DELETE FROM login_failure WHERE at < ?", (now - failure_window,)),
                     ("DELETE FROM login_lock WHERE until < ?", (now - failure_window,)),
+                    ("DELETE FROM session WHERE expires < ?", (now,)),
+                    ("DELETE FROM auth_request WHERE expires < ?", (now,)),
+                    ("DELETE FROM launch WHERE expires < ?", (now,)),
+                    # used codes are kept while they live, so a replay is still recognised
+                    ("DELETE FROM code WHERE expires < ?", (now - _ACCESS_TOKEN_MAX_SECONDS,)),
+                    ("DELETE FROM refresh WHERE expires < ?", (now,)),
+                    ("DELETE FROM grant_ WHERE expires < ?", (now - _ACCESS_TOKEN_MAX_SECONDS,)),
                 ))
                 self._db.execute("COMMIT")
             except BaseException:

@@ -140,6 +140,95 @@ class Lockout:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Session:
+    """A signed-in browser (plan §6). The cookie holds a 256-bit random id; the store keeps only
+    its SHA-256 (`session_hash`), so a copy of the auth store cannot be replayed as cookies."""
+
+    session_hash: str
+    username: str
+    fhir_user: str
+    created: float
+    last_seen: float
+    expires: float  # absolute end (12 h); the idle limit is checked against `last_seen`
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """A validated authorization request waiting for the user's sign-in and decision
+    (RFC 6749 §4.1.1): the request parameters as sent, and the EHR launch context when the
+    request carried a `launch` id. Lives 10 minutes."""
+
+    request_id: str
+    client_id: str
+    params: Mapping[str, str]
+    expires: float
+    launch_username: str | None = None
+    launch_patient: str | None = None
+    launch_encounter: str | None = None
+    ehr_launch: bool = False
+
+
+@dataclass(frozen=True)
+class Launch:
+    """An EHR launch (SMART App Launch 2.2 §EHR launch): bound to the practitioner who started
+    it, the app and the patient/encounter in context; single use, 5 minutes. Stored hashed."""
+
+    launch_hash: str
+    username: str
+    client_id: str
+    patient: str
+    encounter: str | None
+    expires: float
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a user approved for a client: the unit that codes, refresh tokens and access
+    tokens belong to, and the unit of revocation (`gid` claim)."""
+
+    grant_id: str
+    client_id: str
+    username: str
+    fhir_user: str
+    scope: str
+    created: float
+    expires: float  # the longest a refresh token of this grant may live
+    patient: str | None = None
+    encounter: str | None = None
+    ehr_launch: bool = False
+    session_hash: str | None = None  # `online_access`: the grant dies with this session
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AuthCode:
+    """An authorization code (RFC 6749 §4.1.2), stored as SHA-256, single use."""
+
+    code_hash: str
+    client_id: str
+    redirect_uri: str
+    grant_id: str
+    scope: str
+    expires: float
+    auth_time: float
+    nonce: str | None = None
+    code_challenge: str | None = None
+    code_challenge_method: str | None = None
+    used_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """A refresh token (RFC 6749 §6), stored as SHA-256; rotated on every use (`used_at`)."""
+
+    token_hash: str
+    grant_id: str
+    client_id: str
+    expires: float
+    used_at: float | None = None
+
+
 class DuplicateError(ValueError):
     """A record with that id (client_id, username) already exists."""
 
@@ -192,6 +281,56 @@ class AuthStore(Protocol):
 
     def is_revoked(self, jti: str, grant_id: str | None) -> bool:
         """True when the token `jti` or its grant has been revoked (`bearer.RevokedCheck`)."""
+
+    # browser sessions, pending authorization requests, EHR launches (plan §3, §6)
+    def server_secret(self) -> bytes:
+        """A 256-bit secret shared by every worker (CSRF tokens); made on first use."""
+
+    def add_session(self, session: Session) -> None: ...
+
+    def get_session(self, session_hash: str) -> Session | None: ...
+
+    def touch_session(self, session_hash: str, now: float) -> None: ...
+
+    def delete_session(self, session_hash: str) -> None: ...
+
+    def add_auth_request(self, request: AuthRequest) -> None: ...
+
+    def get_auth_request(self, request_id: str) -> AuthRequest | None: ...
+
+    def delete_auth_request(self, request_id: str) -> None: ...
+
+    def add_launch(self, launch: Launch) -> None: ...
+
+    def consume_launch(self, launch_hash: str, now: float) -> Launch | None:
+        """Atomically take an unexpired, unused launch; None when there is none (or it was
+        taken already). Concurrent callers: exactly one gets it."""
+
+    # grants, codes, refresh tokens (RFC 6749 §4.1, §6)
+    def add_grant(self, grant: Grant) -> None: ...
+
+    def get_grant(self, grant_id: str) -> Grant | None: ...
+
+    def list_grants(self, username: str, now: float) -> Sequence[Grant]:
+        """The user's unrevoked, unexpired grants, newest first."""
+
+    def revoke_grant(self, grant_id: str, now: float) -> bool:
+        """Mark the grant revoked and record `gid:` in the revocation list (its access tokens
+        stop working); False when it was unknown or revoked already."""
+
+    def add_code(self, code: AuthCode) -> None: ...
+
+    def consume_code(self, code_hash: str, now: float) -> tuple[AuthCode | None, bool]:
+        """Atomically mark a code used: `(code, True)` for the first use of an unexpired
+        code; `(code, False)` when it had been used before (a replay: the caller revokes its
+        grant); `(None, False)` when unknown or expired."""
+
+    def add_refresh_token(self, token: RefreshToken) -> None: ...
+
+    def get_refresh_token(self, token_hash: str) -> RefreshToken | None: ...
+
+    def use_refresh_token(self, token_hash: str, now: float) -> bool:
+        """Atomically mark it used (rotation); False when it was used already."""
 
     # login throttle (`throttle.py`)
     def add_login_failure(self, key: str, at: float) -> None: ...

@@ -79,13 +79,17 @@ class _Unit:
 
 class Importer:
     def __init__(self, service: FhirService, hospital: Hospital,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, *,
+                 principal: Principal | None = None) -> None:
         self.service = service
         self.bundles = BundleProcessor(service)
         self.hospital = hospital
         self.progress = progress
-        self.call = Call(Principal(subject="system/importer", anonymous=False),
-                         prefer_return="minimal")
+        # Over HTTP ($import-cn) the caller's principal, so every write is held to its scopes;
+        # the command line imports as an in-process (internal) caller.
+        if principal is None:
+            principal = Principal(subject="system/importer", anonymous=False, internal=True)
+        self.call = Call(principal, prefer_return="minimal")
 
     async def import_files(self, mapping: ColumnMapping, paths: Iterable[Path]) -> ImportReport:
         report = ImportReport()

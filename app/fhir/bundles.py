@@ -19,6 +19,7 @@ import orjson
 
 from app.fhir.interactions import Call, FhirService, Result, parse_etag
 from app.fhir.outcome import FhirError, Issue, error, outcome
+from app.pipeline.hooks import Interaction
 from app.storage.base import UnitOfWork
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -47,6 +48,9 @@ class BundleProcessor:
         self.service = service
 
     async def process(self, call: Call, body: bytes | dict[str, Any]) -> Result:
+        # The bundle itself needs only a caller (401 without a token); each entry is then
+        # authorized one by one as the interaction it is.
+        await self.service.authorize(call, Interaction("bundle", permissions=""))
         bundle = self.service.parse_body(body, "Bundle")
         kind = bundle.get("type")
         if kind not in ("transaction", "batch"):
@@ -120,10 +124,10 @@ class BundleProcessor:
         results: dict[int, Result] = {}
         try:
             async with self.service.store.unit_of_work() as tx:
-                ids = await self._assign_ids(tx, entries)
+                ids = await self._assign_ids(tx, entries, call)
                 for entry in entries:
                     if entry.resource is not None:
-                        entry.resource = await self._resolve_references(tx, entry, ids)
+                        entry.resource = await self._resolve_references(tx, entry, ids, call)
                 for entry in sorted(entries, key=lambda e: ORDER[e.method]):
                     try:
                         results[entry.index] = await self._run(call, entry, tx,
@@ -173,7 +177,8 @@ class BundleProcessor:
                                 f"Bundle.entry[{e.index}].fullUrl")
                 full_urls[e.full_url] = e.index
 
-    async def _assign_ids(self, tx: UnitOfWork, entries: list[Entry]) -> dict[str, str]:
+    async def _assign_ids(self, tx: UnitOfWork, entries: list[Entry],
+                          call: Call) -> dict[str, str]:
         """fullUrl → `Type/id` for every entry that creates or names a resource."""
         ids: dict[str, str] = {}
         for e in entries:
@@ -183,7 +188,7 @@ class BundleProcessor:
             if e.method == "POST":
                 if e.request.get("ifNoneExist"):
                     found = await self.service.conditional_match(
-                        tx, str(rtype), str(e.request["ifNoneExist"]), "ifNoneExist")
+                        tx, str(rtype), str(e.request["ifNoneExist"]), "ifNoneExist", call)
                     if len(found) == 1:
                         ids[e.full_url] = f"{found[0][0]}/{found[0][1]}"
                         continue
@@ -191,7 +196,7 @@ class BundleProcessor:
             elif e.method == "PUT" and "?" in e.url:
                 type_, _, query = e.url.partition("?")
                 found = await self.service.conditional_match(tx, type_, query,
-                                                             "conditional update")
+                                                             "conditional update", call)
                 if len(found) == 1:
                     ids[e.full_url] = f"{found[0][0]}/{found[0][1]}"
                 elif not found:
@@ -203,7 +208,7 @@ class BundleProcessor:
         return ids
 
     async def _resolve_references(self, tx: UnitOfWork, entry: Entry,
-                                  ids: dict[str, str]) -> dict[str, Any]:
+                                  ids: dict[str, str], call: Call) -> dict[str, Any]:
         """Rewrite `urn:uuid:` and conditional references to the `Type/id` they stand for."""
         assert entry.resource is not None
         root = f"Bundle.entry[{entry.index}].resource"
@@ -219,8 +224,9 @@ class BundleProcessor:
             if "?" in ref and not ref.startswith(("http://", "https://")):
                 type_, _, query = ref.partition("?")
                 self.service.check_type(type_)
+                # hidden resources do not match: a reference to one is "not found"
                 matches = await self.service.conditional_match(tx, type_, query,
-                                                               "conditional reference")
+                                                               "conditional reference", call)
                 if len(matches) != 1:
                     raise error(412, "multiple-matches" if matches else "not-found",
                                 f"conditional reference {ref} at {where} matched "
@@ -272,6 +278,14 @@ class BundleProcessor:
             if tx is not None and assigned and sub.if_none_exist:
                 existing = await tx.read(*assigned.split("/", 1))
                 if existing is not None and not existing.deleted:
+                    # the conditional create found it: the same checks and audit as
+                    # FhirService.create's If-None-Exist path, never a side door
+                    interaction = Interaction("create", parts[0], in_bundle=True)
+                    await svc.authorize(sub, interaction)
+                    if not svc.hooks.authorizer.visible(sub.principal, existing, "s"):
+                        raise error(412, "not-found", f"ifNoneExist of {parts[0]} matched no "
+                                    "resource the caller may see; retry the transaction")
+                    await svc.audit(sub, interaction, 200, [existing])
                     return svc.respond_write(sub, existing, 200)
             return await svc.create(sub, parts[0], e.resource or {}, tx, new_id)
         if e.method == "PUT":

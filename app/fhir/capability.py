@@ -2,6 +2,8 @@
 
 Resource types and their search parameters come from the registry, operations from the
 OperationDefinitions the operation modules declare; nothing here is written by hand per type.
+`rest[0].security` (the SMART `oauth-uris` extension) comes from `app/auth/discovery.py`, the
+function that also builds `.well-known/smart-configuration`, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from app import __version__
+from app.auth.discovery import SmartEndpoints, capability_security
 from app.definitions.registry import Registry
 from app.fhir.operations import OPERATIONS
 
@@ -68,6 +71,7 @@ def capability_statement(registry: Registry, base_url: str, software_date: str,
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
+            "security": capability_security(SmartEndpoints.from_base_url(base_url)),
             "resource": resources,
             "interaction": system_interactions,
             "operation": [{"name": op.code, "definition": op.url}

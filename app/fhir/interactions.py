@@ -24,7 +24,7 @@ from app.fhir.summary import apply_elements, apply_summary
 from app.fhir.validation import validate_resource
 from app.pipeline.hooks import AuditRecord, Hooks, Interaction, Principal
 from app.search.dates import http_date, instant_to_ms
-from app.search.query import ParseContext, SearchQuery, parse_search
+from app.search.query import Clause, ParseContext, SearchQuery, parse_search
 from app.storage.base import (
     HistoryQuery,
     SearchPage,
@@ -83,6 +83,13 @@ def parse_etag(value: str | None, header: str) -> int | None:
     return int(m.group(1))
 
 
+def write_refused(resource_type: str) -> FhirError:
+    """403 for content the grant does not cover (only what the client sent is named)."""
+    return FhirError(403, [Issue("error", "forbidden", f"the access token does not allow "
+                                 f"writing this {resource_type}: its content (e.g. the patient "
+                                 "it is about) is outside what the token grants")])
+
+
 class FhirService:
     def __init__(self, store: Store, registry: Registry, settings: Settings, hooks: Hooks,
                  parse_context: ParseContext, profile_validator: ProfileValidator) -> None:
@@ -105,9 +112,44 @@ class FhirService:
             call.principal, interaction, status,
             [(v.type, v.id, v.version) for v in versions]))
 
-    def visible(self, call: Call, versions: list[StoredVersion]) -> list[StoredVersion]:
+    def visible(self, call: Call, versions: list[StoredVersion],
+                perm: str = "r") -> list[StoredVersion]:
         authz = self.hooks.authorizer
-        return [v for v in versions if authz.visible(call.principal, v)]
+        return [v for v in versions if authz.visible(call.principal, v, perm)]
+
+    async def hidden(self, call: Call, v: StoredVersion, perm: str = "r") -> bool:
+        """Whether `v` (a current version) must look absent to the caller. A deletion marker
+        carries no content: a restricted caller is judged on the version before it, so a
+        hidden deleted resource answers 404, not 410."""
+        if self.hooks.authorizer.visible(call.principal, v, perm):
+            return False
+        return await self._hidden_marker(call, v, perm)
+
+    async def _hidden_marker(self, call: Call, v: StoredVersion, perm: str = "r") -> bool:
+        """`hidden` once `visible(v)` said no: only a deletion marker may still be shown."""
+        if not v.deleted or v.version <= 1:
+            return True
+        previous = await self.store.vread(v.type, v.id, v.version - 1)
+        return previous is None or not self.hooks.authorizer.visible(call.principal, previous,
+                                                                     perm)
+
+    async def check_writable(self, call: Call, resource: dict[str, Any], perm: str) -> None:
+        """403 when the content to be written lies outside the caller's grant (e.g. another
+        patient's compartment): the client sent it, so saying so reveals nothing."""
+        if not self.hooks.authorizer.writable(call.principal, resource, perm):
+            raise write_refused(str(resource.get("resourceType")))
+
+    async def check_existing(self, call: Call, existing: StoredVersion | None, perm: str,
+                             message: str) -> None:
+        """Before changing `existing`: 404 (the same as for a missing resource) when the caller
+        may not see it, 403 when they see it but may not change it."""
+        if existing is None or not self.hooks.authorizer.restricted(call.principal):
+            return
+        if await self.hidden(call, existing):
+            raise error(404, "not-found", message)
+        if not existing.deleted and not self.hooks.authorizer.visible(call.principal, existing,
+                                                                      perm):
+            raise write_refused(existing.type)
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -174,7 +216,8 @@ class FhirService:
         interaction = Interaction("read", type_, id_, in_bundle=call.in_bundle)
         await self.authorize(call, interaction)
         v = await self.store.read(type_, id_)
-        if v is None or not self.hooks.authorizer.visible(call.principal, v):
+        if v is None or (not self.hooks.authorizer.visible(call.principal, v)
+                         and await self._hidden_marker(call, v)):
             await self.audit(call, interaction, 404, [])
             raise error(404, "not-found", f"{type_}/{id_} is not known")
         if v.deleted:
@@ -228,10 +271,11 @@ class FhirService:
         resource.pop("id", None)  # R4: the server ignores an id given on create
         if not call.prevalidated:
             self.validate_with_id(resource, "placeholder")
+        await self.check_writable(call, resource, "c")
         async with _maybe_uow(self.store, uow) as tx:
             if call.if_none_exist:
                 found = await self.conditional_match(tx, type_, call.if_none_exist,
-                                                     "If-None-Exist")
+                                                     "If-None-Exist", call)
                 if len(found) == 1:
                     existing = await tx.read(*found[0])
                     assert existing is not None
@@ -272,6 +316,14 @@ class FhirService:
             self.validate_with_id(resource, id_)
         if_match = parse_etag(call.if_match, "If-Match")
         async with _maybe_uow(self.store, uow) as tx:
+            if self.hooks.authorizer.restricted(call.principal):
+                existing = await tx.read(type_, id_)
+                await self.check_existing(call, existing, "u", f"{type_}/{id_} is not known")
+                creates = existing is None or existing.deleted
+                if creates:  # an update that creates needs the create permission too
+                    await self.authorize(call, Interaction("create", type_, id_,
+                                                           in_bundle=call.in_bundle))
+                await self.check_writable(call, resource, "c" if creates else "u")
             try:
                 written = await tx.put(type_, id_, resource, method="PUT", if_match=if_match)
             except VersionConflict as exc:
@@ -288,7 +340,7 @@ class FhirService:
         self.check_type(type_)
         resource = self.parse_body(body, type_)
         async with _maybe_uow(self.store, uow) as tx:
-            found = await self.conditional_match(tx, type_, query, "conditional update")
+            found = await self.conditional_match(tx, type_, query, "conditional update", call)
             if len(found) > 1:
                 raise error(412, "multiple-matches", f"the conditional update criteria matched "
                             f"{len(found)} {type_} resources; they must match at most one")
@@ -313,6 +365,7 @@ class FhirService:
             existing = await tx.read(type_, id_)
             if existing is None:
                 raise error(404, "not-found", f"{type_}/{id_} is not known")
+            await self.check_existing(call, existing, "d", f"{type_}/{id_} is not known")
             try:
                 written = await tx.delete(type_, id_, if_match=if_match)
             except VersionConflict as exc:
@@ -327,7 +380,7 @@ class FhirService:
                                  uow: UnitOfWork | None = None) -> Result:
         self.check_type(type_)
         async with _maybe_uow(self.store, uow) as tx:
-            found = await self.conditional_match(tx, type_, query, "conditional delete")
+            found = await self.conditional_match(tx, type_, query, "conditional delete", call)
             if len(found) > 1:
                 raise error(412, "multiple-matches", f"the conditional delete criteria matched "
                             f"{len(found)} {type_} resources; this server deletes one at a time")
@@ -354,6 +407,8 @@ class FhirService:
             current = await tx.read(type_, id_)
             if current is None or current.deleted:
                 raise error(404, "not-found", f"{type_}/{id_} is not known or was deleted")
+            await self.check_existing(call, current, "u",
+                                      f"{type_}/{id_} is not known or was deleted")
             if if_match is not None and if_match != current.version:
                 raise error(412, "conflict", f"If-Match expected version {if_match} of "
                             f"{type_}/{id_} but the current version is {current.version}")
@@ -363,6 +418,8 @@ class FhirService:
                 raise error(422, "processing", f"the patch cannot be applied: {exc}",
                             exc.path or "") from None
             self.validate_with_id(patched, id_)
+            if self.hooks.authorizer.restricted(call.principal):
+                await self.check_writable(call, patched, "u")
             written = await tx.put(type_, id_, patched, method="PATCH",
                                    if_match=current.version)
         await self.audit(call, interaction, 200, [written.version])
@@ -372,7 +429,7 @@ class FhirService:
                                 uow: UnitOfWork | None = None) -> Result:
         self.check_type(type_)
         async with _maybe_uow(self.store, uow) as tx:
-            found = await self.conditional_match(tx, type_, query, "conditional patch")
+            found = await self.conditional_match(tx, type_, query, "conditional patch", call)
             if len(found) != 1:
                 raise error(412 if found else 404, "multiple-matches" if found else "not-found",
                             f"the conditional patch criteria matched {len(found)} {type_} "
@@ -380,8 +437,9 @@ class FhirService:
             return await self.patch(call, type_, found[0][1], body, tx)
 
     async def conditional_match(self, tx: UnitOfWork, type_: str, query: str,
-                                what: str) -> list[tuple[str, str]]:
-        """Resources matching the search criteria of a conditional interaction (strictly parsed)."""
+                                what: str, call: Call) -> list[tuple[str, str]]:
+        """Resources matching the search criteria of a conditional interaction (strictly parsed),
+        among those the caller may search: hidden resources do not match."""
         params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
         if not params:
             raise error(400, "required", f"{what} needs search criteria, e.g. "
@@ -389,6 +447,7 @@ class FhirService:
         parsed, issues = parse_search((type_,), params, self.parse_ctx)
         if issues:
             raise FhirError(400, issues)
+        parsed = self.hooks.authorizer.restrict(call.principal, parsed, "s")
         return await tx.search_ids(parsed, 3)
 
     # -- history -------------------------------------------------------------------------------
@@ -426,11 +485,28 @@ class FhirService:
         except ValueError as exc:
             raise error(400, "invalid", f"bad history parameter: {exc}. _since and _at are FHIR "
                         "dateTimes, _count and _offset non-negative whole numbers") from None
+        restricted = self.hooks.authorizer.restricted(call.principal)
+        if id_ is not None and restricted:
+            current = await self.store.read(type_ or "", id_)
+            if current is None or await self.hidden(call, current):
+                raise error(404, "not-found", f"{type_}/{id_} is not known")
+        access: tuple[Clause, ...] = ()
+        if restricted and id_ is None:
+            # only versions of resources the caller may see, so paging and the `next` link
+            # follow the permitted set, not the whole server's history
+            types = (type_,) if type_ else tuple(self.registry.resource_types)
+            found = self.hooks.authorizer.access_clauses(call.principal, types, "s")
+            access = tuple(found) if found is not None else ()
         page = await self.store.history(HistoryQuery(type_, id_, since, at, count, offset,
-                                                     snapshot))
+                                                     snapshot, access))
         if id_ is not None and page.total == 0 and await self.store.read(type_ or "", id_) is None:
             raise error(404, "not-found", f"{type_}/{id_} is not known")
-        versions = self.visible(call, page.versions)
+        if id_ is not None and restricted:
+            # the resource is visible: its deletions are part of its story
+            versions = [v for v in page.versions
+                        if v.deleted or self.hooks.authorizer.visible(call.principal, v)]
+        else:
+            versions = self.visible(call, page.versions)
         path = "/".join(p for p in (type_, id_) if p) + ("/" if type_ else "") + "_history"
         keep = [(k, value) for k, value in params if k in ("_since", "_at")]
         links = [{"relation": "self", "url": self._url(path, [*keep, ("_count", str(count)),
@@ -454,8 +530,12 @@ class FhirService:
                                  "204 No Content" if v.deleted else "200 OK",
                                  "etag": f'W/"{v.version}"', "lastModified": v.last_updated}
             entries.append(entry)
-        bundle = {"resourceType": "Bundle", "type": "history", "total": page.total,
-                  "link": links, "entry": entries}
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history",
+                                  "total": page.total, "link": links, "entry": entries}
+        if restricted and id_ is None:
+            # Bundle.total is optional in R4: counting only visible versions would mean reading
+            # every version, and the unfiltered count would reveal hidden ones.
+            del bundle["total"]
         await self.audit(call, interaction, 200, versions)
         return Result(200, bundle)
 
@@ -474,6 +554,7 @@ class FhirService:
         query, issues = parse_search(types, criteria, self.parse_ctx)
         if issues and call.strict:
             raise FhirError(400, issues)
+        query = self.hooks.authorizer.restrict(call.principal, query, "s")
         unknown_elements = self._check_elements(query)
         if unknown_elements and call.strict:
             raise error(400, "invalid", f"_elements names unknown elements: "
@@ -524,7 +605,7 @@ class FhirService:
             bundle["total"] = page.total
         bundle["link"] = links
         entries = []
-        for v in self.visible(call, page.matches):
+        for v in self.visible(call, page.matches, "s"):
             entries.append(self._entry(v, query, "match"))
         for v in self.visible(call, page.included):
             entries.append(self._entry(v, query, "include"))

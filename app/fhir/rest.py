@@ -26,6 +26,7 @@ from app.fhir.operations.import_cn import import_cn_operation
 from app.fhir.operations.validate import validate_operation
 from app.fhir.outcome import FhirError, error, outcome_bytes
 from app.fhir.summary import apply_elements, apply_summary
+from app.pipeline.hooks import Interaction
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "json",
@@ -225,11 +226,13 @@ def build_router(service: FhirService) -> APIRouter:
         for k, v in params:
             if k == "_type":
                 types += [t.strip() for t in v.split(",") if t.strip()]
+        call = await make_call(request, service)
         if not types:
+            # authorization first: a caller without a token learns nothing, not even this
+            await service.authorize(call, Interaction("search-system"))
             raise error(400, "required", "a system-level search needs _type (e.g. "
                         "_type=Patient,Practitioner); searching every type at once is not "
                         "supported", "_type")
-        call = await make_call(request, service)
         return await service.search(call, tuple(dict.fromkeys(types)), params, "")
 
     @router.post("", tags=["system"], openapi_extra=BODY_DOC)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timezone
 from decimal import Decimal, InvalidOperation
@@ -139,7 +140,31 @@ class ContentMatch:
     values: tuple[str, ...]
 
 
-Clause = Predicate | Chain | Has | ContentMatch
+@dataclass(frozen=True, slots=True)
+class InCompartment:
+    """Access: resources of `resource_type` in the Patient compartment of `patient_id`, through
+    the compartment's reference parameters `params` (and, for a Patient, its own id)."""
+
+    resource_type: str
+    patient_id: str
+    params: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TypeIs:
+    """Access: the resource is of `resource_type` (to tell apart rules in a `_type` search)."""
+
+    resource_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """Access: OR of alternatives, each an AND of clauses; no alternatives matches nothing."""
+
+    alternatives: tuple[tuple[Clause, ...], ...]
+
+
+Clause = Predicate | Chain | Has | ContentMatch | InCompartment | TypeIs | AnyOf
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +193,10 @@ class SearchQuery:
     summary: str | None = None
     elements: tuple[str, ...] = ()
     applied: list[tuple[str, str]] = field(default_factory=list)  # for the `self` link
+    # Set by the authorizer: which included resources the caller may see (None: all), and
+    # whose result set this is (page tokens of one caller do not open another's snapshot).
+    include_filter: Callable[[Any], bool] | None = None
+    owner: str = ""
 
     @property
     def resource_type(self) -> str | None:
@@ -217,7 +246,9 @@ def _apply(query: SearchQuery, name: str, value: str, ctx: ParseContext) -> None
         clauses = [_parse_clause(t, name, value, ctx, 0) for t in types]
         if len({type(c) for c in clauses}) != 1:
             raise SearchError(f"parameter {name!r} cannot be applied across types", name)
-        query.clauses.extend(clauses)
+        # Each type's own reading of the parameter applies to that type's resources.
+        query.clauses.append(AnyOf(tuple((TypeIs(t), c)
+                                         for t, c in zip(types, clauses, strict=True))))
         return
     query.clauses.append(_parse_clause(query.resource_types[0], name, value, ctx, 0))
 

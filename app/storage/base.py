@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.search.query import SearchQuery
+from app.search.query import Clause, SearchQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,9 @@ class HistoryQuery:
     count: int = 20
     offset: int = 0
     snapshot: int | None = None  # paging cursor: only versions recorded up to this sequence
+    # Access clauses (authorization) on the resource's current row, ANDed in: history then lists
+    # only versions of resources the caller may see (their content is judged again one by one).
+    access: tuple[Clause, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ slices of the same list: concurrent writes cannot shift results between pages.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import sqlite3
 import threading
@@ -32,7 +33,7 @@ from app.definitions.registry import Registry
 from app.search.dates import format_instant_ms, instant_to_ms
 from app.search.extract import Indexer
 from app.search.index import IndexRows
-from app.search.query import IncludeSpec, SearchQuery
+from app.search.query import AnyOf, IncludeSpec, SearchQuery
 from app.storage.base import (
     HistoryPage,
     HistoryQuery,
@@ -212,6 +213,10 @@ class SqliteStore:
         if q.since is not None:
             where.append("h.lu_ms >= ?")
             params.append(instant_to_ms(q.since))
+        if q.access:
+            compiled = Compiler(self._pid).clause(AnyOf((q.access,)), "r")
+            where.append(compiled.text)
+            params += compiled.params
         if q.at is not None:
             # Versions current at `at`: the last version of each resource written before it.
             where.append("h.lu_ms <= ? AND NOT EXISTS (SELECT 1 FROM history n WHERE "
@@ -239,7 +244,7 @@ class SqliteStore:
         page = rids[: query.count]
         snapshot_id = None
         if total > query.count > 0:  # _count=0 (and _summary=count) asks for the total only
-            snapshot_id = self._save_snapshot(rids)
+            snapshot_id = self._save_snapshot(rids, query.owner)
         return self._page(conn, query, page, total, snapshot_id, 0)
 
     def _matching_rids(self, conn: sqlite3.Connection, query: SearchQuery) -> list[int]:
@@ -249,12 +254,12 @@ class SqliteStore:
         sql = f"SELECT r.rid FROM resource r WHERE {where.text} ORDER BY {order.text}"
         return [row[0] for row in conn.execute(sql, [*where.params, *order.params])]
 
-    def _save_snapshot(self, rids: list[int]) -> str:
+    def _save_snapshot(self, rids: list[int], owner: str = "") -> str:
         snap = self._thread_snapshots()
         sid = secrets.token_urlsafe(12)
         now = int(time.time() * 1000)
         snap.execute("INSERT INTO snapshot(id, created_ms, total, rids) VALUES (?, ?, ?, ?)",
-                     (sid, now, len(rids), array("q", rids).tobytes()))
+                     (_snapshot_key(sid, owner), now, len(rids), array("q", rids).tobytes()))
         if secrets.randbelow(50) == 0:
             snap.execute("DELETE FROM snapshot WHERE created_ms < ?",
                          (now - self.snapshot_seconds * 1000,))
@@ -267,7 +272,8 @@ class SqliteStore:
             cutoff = int(time.time() * 1000) - self.snapshot_seconds * 1000
             row = snap.execute(
                 "SELECT total, substr(rids, ?, ?) FROM snapshot WHERE id = ? AND created_ms >= ?",
-                (offset * 8 + 1, count * 8, snapshot_id, cutoff)).fetchone()
+                (offset * 8 + 1, count * 8, _snapshot_key(snapshot_id, query.owner),
+                 cutoff)).fetchone()
             if row is None:
                 return None
             page = array("q")
@@ -306,9 +312,13 @@ class SqliteStore:
         for round_no in range(MAX_INCLUDE_ROUNDS):
             specs = [s for s in query.includes if round_no == 0 or s.iterate]
             found: list[StoredVersion] = []
+            allowed = query.include_filter
             for spec in specs:
                 for item in self._include_step(conn, spec, frontier):
                     key = (item.type, item.id)
+                    # A hidden resource is neither returned nor walked through (:iterate).
+                    if allowed is not None and not allowed(item):
+                        continue
                     if key not in seen:
                         seen.add(key)
                         found.append(item)
@@ -544,6 +554,15 @@ class SqliteUnitOfWork:
 
     async def new_id(self) -> str:
         return str(uuid.uuid4())
+
+
+def _snapshot_key(sid: str, owner: str) -> str:
+    """The stored id of a snapshot: the page token itself for an open server; bound to its
+    owner otherwise, so only the caller whose search made it can find it again (another token
+    holding the link gets "expired", exactly as for a snapshot that never existed)."""
+    if not owner:
+        return sid
+    return "o." + hashlib.sha256(f"{sid}\x00{owner}".encode()).hexdigest()[:32]
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -26,11 +26,13 @@ from typing import Any
 
 from app.search.extract import of_type_system
 from app.search.query import (
+    AnyOf,
     Chain,
     Clause,
     CompositeValue,
     ContentMatch,
     Has,
+    InCompartment,
     MissingValue,
     Predicate,
     QuantityValue,
@@ -39,6 +41,7 @@ from app.search.query import (
     SearchQuery,
     StringValue,
     TokenValue,
+    TypeIs,
     UriValue,
 )
 
@@ -104,6 +107,8 @@ class Compiler:
             return DRIVE_RANK.get(clause.param.type, 99)
         if isinstance(clause, Chain):
             return 8
+        if isinstance(clause, InCompartment):
+            return 0
         return 99
 
     def clause(self, clause: Clause, r: str, drive: bool = False) -> Sql:
@@ -113,7 +118,30 @@ class Compiler:
             return self.chain(clause, r)
         if isinstance(clause, Has):
             return self.has(clause, r)
+        if isinstance(clause, InCompartment):
+            return self.in_compartment(clause, r)
+        if isinstance(clause, TypeIs):
+            return Sql(f"{r}.type = ?", [clause.resource_type])
+        if isinstance(clause, AnyOf):
+            return _or([_and([self.clause(c, r) for c in alt]) if alt else Sql("1")
+                        for alt in clause.alternatives])
         return self.content(clause, r)
+
+    # -- access (authorization) ----------------------------------------------------------------
+
+    def in_compartment(self, c: InCompartment, r: str) -> Sql:
+        """The SQL `everything()` uses: reference index rows of the compartment's parameters
+        pointing at the patient (a Patient is also in its own compartment)."""
+        pids = [self._pid_of(c.resource_type, p) for p in c.params]
+        alts: list[Sql] = []
+        if pids:
+            marks = ",".join("?" * len(pids))
+            alts.append(Sql(f"{r}.rid IN (SELECT x.rid FROM ix_reference x WHERE x.pid IN "
+                            f"({marks}) AND x.ttype = 'Patient' AND x.tid = ?)",
+                            [*pids, c.patient_id]))
+        if c.resource_type == "Patient":
+            alts.append(Sql(f"({r}.type = 'Patient' AND {r}.id = ?)", [c.patient_id]))
+        return _or(alts)
 
     # -- parameters ----------------------------------------------------------------------------
 

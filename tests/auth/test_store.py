@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -272,3 +273,23 @@ def test_purge_deletes_only_expired_rows(store: SqliteAuthStore, clock: Clock) -
     assert store.login_failures_since("user:a", 0) == [now - 10]
     assert store.get_lockout("user:a") is None
     assert store.get_lockout("user:b") is not None
+
+
+def test_revocations_by_this_and_another_connection_are_seen_at_once(tmp_path: Path) -> None:
+    # is_revoked answers from memory; the copy must follow this connection's own writes and
+    # every other connection's (another uvicorn worker, `yilian` on the command line).
+    worker = SqliteAuthStore(tmp_path / "auth.sqlite3")
+    other = SqliteAuthStore(tmp_path / "auth.sqlite3")
+    try:
+        assert not worker.is_revoked("jti-1", "grant-1")
+        worker.revoke(jti="jti-1", until=time.time() + 60)
+        assert worker.is_revoked("jti-1", None)
+        assert not worker.is_revoked("jti-2", "grant-1")
+        other.revoke(grant_id="grant-1", until=time.time() + 60)
+        assert worker.is_revoked("jti-2", "grant-1")
+        assert not worker.is_revoked("jti-3", "grant-2")
+        other.revoke(jti="jti-3", until=time.time() + 60)
+        assert worker.is_revoked("jti-3", "grant-2")
+    finally:
+        worker.close()
+        other.close()

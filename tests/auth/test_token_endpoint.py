@@ -200,12 +200,20 @@ def test_missing_scope_is_invalid_scope(client: TestClient, rsa_key: RSAKey) -> 
     _oauth_error(resp, "invalid_scope")
 
 
-@pytest.mark.parametrize("grant", ["authorization_code", "password", "refresh_token",
+@pytest.mark.parametrize("grant", ["password", "implicit",
                                    "urn:ietf:params:oauth:grant-type:jwt-bearer"])
 def test_unknown_grant_type(client: TestClient, rsa_key: RSAKey, grant: str) -> None:
     resp = _post(client, "/auth/token", {"grant_type": grant, "scope": "system/Patient.rs",
                                          **_auth(_assertion(rsa_key, INSURER))})
     _oauth_error(resp, "unsupported_grant_type")
+
+
+@pytest.mark.parametrize("grant", ["authorization_code", "refresh_token"])
+def test_backend_client_cannot_use_user_flow_grants(client: TestClient, rsa_key: RSAKey,
+                                                    grant: str) -> None:
+    resp = _post(client, "/auth/token", {"grant_type": grant, "code": "x", "refresh_token": "x",
+                                         **_auth(_assertion(rsa_key, INSURER))})
+    _oauth_error(resp, "unauthorized_client")
 
 
 def test_missing_grant_type(client: TestClient, rsa_key: RSAKey) -> None:
@@ -378,7 +386,7 @@ def test_introspect_reports_launch_context(client: TestClient, rsa_key: RSAKey) 
     info = _introspect(client, rsa_key, INSURER, token)
     assert info["active"] is True
     assert (info["patient"], info["encounter"], info["fhirUser"], info["sub"]) == (
-        "pat-000001", "enc-1", "Patient/pat-000001", "zhangsan")
+        "pat-000001", "enc-1", f"{BASE}/Patient/pat-000001", "zhangsan")  # SMART: a URL
 
 
 def test_revoke_then_inactive_and_refused(client: TestClient, rsa_key: RSAKey) -> None:

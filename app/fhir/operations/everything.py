@@ -15,6 +15,7 @@ from app.fhir.interactions import Call, FhirService, Result
 from app.fhir.outcome import error
 from app.pipeline.hooks import Interaction
 from app.search.dates import instant_to_ms
+from app.storage.base import StoredVersion
 from app.text import is_digits
 
 
@@ -54,17 +55,41 @@ async def everything_operation(svc: FhirService, call: Call, patient_id: str,
     if patient is None or patient.deleted or not svc.hooks.authorizer.visible(call.principal,
                                                                                patient):
         raise error(404, "not-found", f"Patient/{patient_id} is not known")
-    keys = [("Patient", patient_id)] if not types or "Patient" in types else []
-    keys += [k for k in await svc.store.everything(patient_id, types or None, since)
-             if k != ("Patient", patient_id)]
+    authz = svc.hooks.authorizer
+    loaded: dict[tuple[str, str], StoredVersion] = {}
+    if authz.restricted(call.principal):
+        # A type the client names must be one the token may search (403, from the token
+        # alone); otherwise only the types it may search, and (granular scopes) only matching
+        # resources; the total counts what is left.
+        for t in dict.fromkeys(types):
+            await svc.authorize(call, Interaction("search-type", t, in_bundle=call.in_bundle))
+        wanted = types or ["Patient", *(t for t, params in svc.registry.compartment_patient.items()
+                                        if params and t != "Patient")]
+        allowed, check_each = authz.searchable_types(call.principal, wanted)
+        keys = [("Patient", patient_id)] if "Patient" in allowed else []
+        if any(t != "Patient" for t in allowed):
+            keys += [k for k in await svc.store.everything(patient_id, allowed, since)
+                     if k != ("Patient", patient_id)]
+        if check_each:
+            kept = []
+            for key in keys:
+                v = await svc.store.read(*key)
+                if v is not None and not v.deleted and authz.visible(call.principal, v, "s"):
+                    kept.append(key)
+                    loaded[key] = v
+            keys = kept
+    else:
+        keys = [("Patient", patient_id)] if not types or "Patient" in types else []
+        keys += [k for k in await svc.store.everything(patient_id, types or None, since)
+                 if k != ("Patient", patient_id)]
     total = len(keys)
     page_keys = keys[offset: offset + count]
     versions = []
     for t, i in page_keys:
-        v = await svc.store.read(t, i)
+        v = loaded.get((t, i)) or await svc.store.read(t, i)
         if v is not None and not v.deleted:
             versions.append(v)
-    versions = svc.visible(call, versions)
+    versions = svc.visible(call, versions, "s")
     path = f"Patient/{patient_id}/$everything"
     keep = [(k, value) for k, value in query if k in ("_type", "_since")]
 

@@ -13,8 +13,8 @@
 
 Answers a Parameters resource: rowsRead, rowsImported, rowsRejected, resourcesWritten and one
 `rejection` part per problem (file, line, column, value, rule, severity, message). The same
-importer as `yilian import`; the interaction passes the authorize and audit hooks like any other
-(it is meant for administrators once authorization exists).
+importer as `yilian import`; the interaction passes the authorize and audit hooks like any other,
+and every resource it writes is authorized as the caller's own write (c and u on its type).
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ async def import_cn_operation(svc: FhirService, call: Call, body: bytes | None) 
         folder = Path(tmp)
         mapping = _mapping(str(values.get("mapping") or ""), folder, dataset)
         paths = [_write_file(folder, i, f) for i, f in enumerate(files)]
-        report = await Importer(svc, hospital).import_files(mapping, paths)
+        # Every resource is written as the caller: each entry is held to their scopes.
+        report = await Importer(svc, hospital, principal=call.principal).import_files(mapping,
+                                                                                      paths)
     names = {str(p): str(f.get("title") or p.name) for p, f in zip(paths, files, strict=True)}
     await svc.audit(call, interaction, 200, [])
     return Result(200, _parameters(report, names))

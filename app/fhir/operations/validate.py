@@ -30,9 +30,13 @@ def _declared_profiles(resource: dict[str, Any] | None) -> list[str]:
 async def validate_operation(svc: FhirService, call: Call, type_: str, id_: str | None,
                              body: bytes | None, query: list[tuple[str, str]]) -> Result:
     svc.check_type(type_)
-    interaction = Interaction("operation", type_, id_, "$validate", call.in_bundle)
-    await svc.authorize(call, interaction)
     mode: str | None = next((v for k, v in query if k == "mode"), None)
+    # Validating a resource sent in the body needs the permission to write it (c, or u for
+    # mode=update); validating a stored instance needs read.
+    perms = ("u" if mode == "update" else "c") if body else "r"
+    interaction = Interaction("operation", type_, id_, "$validate", call.in_bundle,
+                              permissions=perms)
+    await svc.authorize(call, interaction)
     profile: str | None = next((v for k, v in query if k == "profile"), None)
     resource: dict[str, Any] | None = None
     if body:
@@ -65,8 +69,7 @@ async def validate_operation(svc: FhirService, call: Call, type_: str, id_: str 
     entities = []
     if resource is None and id_ is not None:
         stored = await svc.store.read(type_, id_)
-        if stored is None or stored.deleted or not svc.hooks.authorizer.visible(call.principal,
-                                                                                 stored):
+        if stored is None or stored.deleted or await svc.hidden(call, stored):
             raise error(404, "not-found", f"{type_}/{id_} is not known")
         entities.append(stored)
         resource = None if mode == "delete" else orjson.loads(stored.body)
