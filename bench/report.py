@@ -107,6 +107,9 @@ def render(results: dict[str, Any]) -> str:
         "then cached)",
         "make bench-quick    # quick check of the harness: 100 × 100, a few minutes",
         ".venv/bin/python -m bench.run --full --reload   # reload the cached store",
+        "make bench-import   # importer throughput (its own section below)",
+        "make bench-auth     # authorization overhead, authorized vs open reads (its own "
+        "section below)",
         "```",
         "",
         "The harness (`bench/`) starts the servers itself on free ports of 127.0.0.1 and stops "

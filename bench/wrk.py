@@ -2,14 +2,17 @@
 
 Pure-Python clients saturate a core long before a fast server does, so HTTP GET load comes from
 wrk. `lua/random_paths.lua` draws each request's path from a file at random and prints the
-exact counts and latency percentiles as one `BENCH_JSON` line, which `run_wrk` parses.
+exact counts and latency percentiles as one `BENCH_JSON` line, which `run_wrk` parses. Extra
+request headers (an `Authorization: Bearer` token) come from a file `write_headers` makes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,13 +79,37 @@ def write_paths(path: Path, paths: list[str]) -> Path:
     return path
 
 
+# RFC 9110 field-name (token) and a field value without control characters.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[^\x00-\x1f\x7f]*")
+
+
+def write_headers(path: Path, headers: Mapping[str, str]) -> Path:
+    """A headers file for `run_wrk(headers_file=...)`: one `Name: value` a line, readable by
+    the owner only (it may hold a bearer token)."""
+    lines = []
+    for name, value in headers.items():
+        if not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"header {name!r} cannot be sent as one `Name: value` line")
+        lines.append(f"{name}: {value.strip()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def run_wrk(binary: str, port: int, paths_file: Path, *, seconds: float, connections: int,
-            threads: int = 2, timeout_s: float = 10.0, log_path: Path | None = None) -> WrkResult:
-    """One wrk run against 127.0.0.1:`port` with paths drawn from `paths_file`."""
+            threads: int = 2, timeout_s: float = 10.0, log_path: Path | None = None,
+            headers_file: Path | None = None) -> WrkResult:
+    """One wrk run against 127.0.0.1:`port` with paths drawn from `paths_file`, sending the
+    headers of `headers_file` (see `write_headers`) with every request."""
     threads = max(1, min(threads, connections))
     argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
             f"--timeout={max(1, round(timeout_s))}s", "--latency", "-s", str(SCRIPT),
             f"http://127.0.0.1:{port}", "--", str(paths_file)]
+    if headers_file is not None:
+        argv.append(str(headers_file))
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + timeout_s + 60)
     if log_path is not None:
         with log_path.open("a") as log:

@@ -1,5 +1,6 @@
-"""`yilian clients|users|keys`: the SMART authorization state an administrator manages from the
-shell (registered clients, user accounts, token signing keys)."""
+"""`yilian clients|users|keys|tokens`: the SMART authorization state an administrator manages from
+the shell (registered clients, user accounts, token signing keys), and access tokens minted
+directly with the server's keys (`yilian tokens mint`, for scripts and the overhead benchmark)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from app.auth.sqlite_store import SqliteAuthStore
 
 
-AUTH_COMMANDS = frozenset({"clients", "users", "keys"})
+AUTH_COMMANDS = frozenset({"clients", "users", "keys", "tokens"})
 
 
 class UsageError(Exception):
@@ -210,6 +211,59 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+# A FHIR logical id (R4 §2.1.27.3 id datatype).
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def _tokens_mint(args: argparse.Namespace) -> int:
+    """Sign an access token with the active key of the configured var dir, exactly as the token
+    endpoint would (same issuer, audience and claims), without a client or a grant."""
+    from app.auth.bearer import MAX_LIFETIME_SECONDS, issue_access_token
+    from app.auth.keys import Keyring, KeyringError
+    from app.auth.routes_token import AuthUrls
+    from app.auth.scopes import needs_encounter_context, needs_patient_context, parse_scopes
+    from app.auth.store import check_fhir_user
+
+    parsed = parse_scopes(args.scope)
+    if parsed.invalid:
+        bad = parsed.invalid[0]
+        raise UsageError(f"--scope {bad.scope[:80]!r}: {bad.reason}")
+    scopes = parsed.scopes
+    if not scopes.clinical:
+        raise UsageError("--scope has no resource scope (e.g. system/*.rs, "
+                         "patient/Observation.rs, user/*.cruds)")
+    if needs_patient_context(scopes) and args.patient is None:
+        raise UsageError("patient/ scopes need the patient in context: give --patient <id>")
+    if args.patient is not None and not _FHIR_ID.fullmatch(args.patient):
+        raise UsageError(f"--patient {args.patient[:80]!r} is not a FHIR id")
+    if needs_encounter_context(scopes) and args.encounter is None:
+        raise UsageError("launch/encounter needs the encounter in context: give --encounter <id>")
+    if args.encounter is not None and not _FHIR_ID.fullmatch(args.encounter):
+        raise UsageError(f"--encounter {args.encounter[:80]!r} is not a FHIR id")
+    if args.fhir_user is not None:
+        check_fhir_user(args.fhir_user)
+    if not args.client_id or not args.client_id.strip():
+        raise UsageError("--client-id must not be empty")
+    if args.subject is not None and not args.subject.strip():
+        raise UsageError("--subject must not be empty")
+    if not 0 < args.lifetime <= MAX_LIFETIME_SECONDS:
+        raise UsageError(f"--lifetime must be 1..{MAX_LIFETIME_SECONDS} seconds, "
+                         f"got {args.lifetime}")
+    settings = Settings()
+    urls = AuthUrls.from_base_url(settings.base_url)
+    try:
+        keyring = Keyring(settings.keys_dir, settings.token_alg)
+        keyring.ensure()  # what `yilian serve` does at start: the same keys either way
+        token = issue_access_token(
+            keyring, issuer=urls.issuer, audience=urls.fhir_base, client_id=args.client_id,
+            scope=scopes, subject=args.subject or args.client_id, fhir_user=args.fhir_user,
+            patient=args.patient, encounter=args.encounter, lifetime=args.lifetime)
+    except KeyringError as exc:
+        raise UsageError(str(exc)) from None
+    print(token)
+    return 0
+
+
 def add_auth_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     clients = sub.add_parser("clients", help="OAuth clients: SMART apps and backend services")
     csub = clients.add_subparsers(dest="clients_command", required=True)
@@ -274,3 +328,22 @@ def add_auth_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                     "they signed have expired").set_defaults(func=_keys)
     ksub.add_parser("prune", help="delete retired keys past retire_after").set_defaults(
         func=_keys)
+
+    tokens = sub.add_parser("tokens", help="access tokens signed with the keys under "
+                            "<YILIAN_VAR_DIR>/keys/ (administrators, scripts, benchmarks)")
+    tsub = tokens.add_subparsers(dest="tokens_command", required=True)
+    mint = tsub.add_parser(
+        "mint", help="print an access token for this server (its issuer and audience come from "
+        "YILIAN_BASE_URL); no client registration or user sign-in is checked, so treat the "
+        "output like a password")
+    mint.add_argument("--client-id", required=True, help="the client_id claim")
+    mint.add_argument("--scope", required=True,
+                      help='granted scopes, e.g. "system/*.rs" or "patient/*.rs" (with --patient)')
+    mint.add_argument("--patient", help="patient in context (required by patient/ scopes)")
+    mint.add_argument("--encounter", help="encounter in context")
+    mint.add_argument("--fhir-user", help="Patient/<id> or Practitioner/<id>: the fhirUser claim")
+    mint.add_argument("--subject", help="the sub claim (default: the client id, as for backend "
+                      "services)")
+    mint.add_argument("--lifetime", type=int, default=3600,
+                      help="seconds until the token expires, at most 3600 (default 3600)")
+    mint.set_defaults(func=_tokens_mint)

@@ -1,5 +1,7 @@
 -- GET a path drawn at random (per request) from the file named by the first script argument,
 -- one path per line; `done` prints the exact numbers as one BENCH_JSON line for bench/wrk.py.
+-- An optional second argument names a file of extra request headers, one `Name: value` a line
+-- (e.g. `Authorization: Bearer <token>`): a file, so the token never shows in argv or logs.
 local counter = 0
 
 function setup(thread)
@@ -15,6 +17,15 @@ function init(args)
    if #paths == 0 then error("no paths in " .. args[1]) end
    math.randomseed(os.time() * 1000 + tid)
    headers = { ["Accept"] = "application/fhir+json" }
+   if args[2] then
+      for line in io.lines(args[2]) do
+         if #line > 0 then
+            local name, value = line:match("^([!#$%%&'*+%-.^_`|~%w]+):[ \t]*(.-)[ \t]*$")
+            if not name then error("not a `Name: value` header line in " .. args[2]) end
+            headers[name] = value
+         end
+      end
+   end
 end
 
 function request()
