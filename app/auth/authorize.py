@@ -467,8 +467,9 @@ def build_authorize_router(keyring: Keyring, settings: Settings, *, service: Fhi
                     encounters = await list_encounters(service, own_patient(session))
             else:
                 if needs_patient_context(requested):
-                    patients = await list_patients(service, request.query_params.get("q"))
-                    if not patients:
+                    query = request.query_params.get("q") or ""
+                    patients = await list_patients(service, query)
+                    if not patients and not query:
                         raise PageError("no_patient")
                 if needs_encounter_context(requested):
                     encounters = await list_encounters(service)
@@ -486,7 +487,8 @@ def build_authorize_router(keyring: Keyring, settings: Settings, *, service: Fhi
             action=url("approve"), csrf=csrf, req=parked.request_id,
             username=session.username, app_name=app_name(client, request),
             redirect_host=urlsplit(redirect_uri).netloc, clinical=clinical, other=other,
-            patients=patients, encounters=encounters)
+            patients=patients, encounters=encounters,
+            patient_query=request.query_params.get("q") or "")
 
     async def approve(request: Request) -> Response:
         async def handle(auth_store: AuthStore) -> Response:

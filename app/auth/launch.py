@@ -15,6 +15,7 @@ encounters; practitioners see every patient (`access=all`, plan §6, until a car
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -66,11 +67,17 @@ async def _search(service: FhirService, rtype: str,
     return [orjson.loads(v.body) for v in page.matches if v.body]
 
 
+_IDENTIFIER_TEXT = re.compile(r"[0-9A-Za-z]*[0-9][0-9A-Za-z]*")  # has a digit: not a name
+
+
 async def list_patients(service: FhirService, text: str | None = None,
                         limit: int = PICKER_LIMIT) -> list[Choice]:
+    """Patients for a picker: `text` is a name (汉字 or pinyin, as the `name` search takes it) or,
+    when it looks like one, an identifier value (身份证号, 病案号) of any system."""
     params = [("_count", str(limit))]
+    text = (text or "").strip()[:64]
     if text:
-        params.append(("name", text))
+        params.append(("identifier" if _IDENTIFIER_TEXT.fullmatch(text) else "name", text))
     return [Choice(b["id"], _patient_label(b)) for b in await _search(service, "Patient", params)]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from joserfc import jwt
@@ -105,6 +105,20 @@ def test_practitioner_standalone_launch_picks_patient_and_encounter(w: World) ->
     assert body["encounter"] == "enc-0002"
     assert body["fhirUser"] == f"{BASE}/Practitioner/prac-0001"
     assert body["need_patient_banner"] is True
+
+
+def test_practitioner_finds_the_patient_by_name_pinyin_or_id_number(w: World) -> None:
+    _, challenge = pkce()
+    params = authorize_params(scope="launch/patient openid fhirUser patient/Patient.rs",
+                              challenge=challenge)
+    url, page = approval_page(w.client, params, DOCTOR_USER, DOCTOR_PASSWORD)
+    assert page.value("q") == ""
+    for query, found in (("李四", {"pat-000002"}), ("zhangsan", {"pat-000001"}),
+                         ("110101199003074514", {"pat-000002"}), ("王五", set())):
+        r = w.client.get(f"{url}&q={quote(query)}")
+        assert r.status_code == 200, r.text
+        assert set(parse_page(r.text).selects["patient"]) == found, query
+    assert "没有找到匹配的患者" in w.client.get(f"{url}&q={quote('王五')}").text
 
 
 def test_practitioner_cannot_pick_another_patients_encounter(w: World) -> None:
