@@ -37,6 +37,8 @@ from app.auth.store import (
 AUTH_DB_NAME = "auth.sqlite3"
 # 2: sessions, pending authorization requests, launches, grants, codes, refresh tokens. Every
 # table is `CREATE TABLE IF NOT EXISTS`, so a version-1 file gains them when it is opened.
+# How stale the in-memory copy of revocations made by OTHER processes may get (`is_revoked`).
+REVOCATION_RECHECK_SECONDS = 0.05
 SCHEMA_VERSION = 2
 # A revoked grant's access tokens live at most this long after the grant's last refresh.
 _ACCESS_TOKEN_MAX_SECONDS = 3600
@@ -188,6 +190,7 @@ class SqliteAuthStore:
         # Revoked keys, read again only when the file changed (see `is_revoked`)
         self._revoked: frozenset[str] | None = None
         self._revoked_version = -1
+        self._revoked_fresh_until = 0.0  # time.monotonic() until which the copy is trusted
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=10.0)
         self._db.execute("PRAGMA busy_timeout=10000")
@@ -327,17 +330,24 @@ class SqliteAuthStore:
             self._revoked = None  # after the write, under the lock: no reader caches stale
 
     def is_revoked(self, jti: str, grant_id: str | None) -> bool:
-        """Asked on every FHIR request: answered from an in-memory copy of `revoked`, read
-        again only when `PRAGMA data_version` says another connection (another worker, the CLI)
-        committed, or this one wrote a revocation (data_version ignores a connection's own
-        commits). One PRAGMA instead of one SELECT per request."""
-        with self._lock:
-            version = self._db.execute("PRAGMA data_version").fetchone()[0]
-            if self._revoked is None or version != self._revoked_version:
-                self._revoked = frozenset(
-                    key for (key,) in self._db.execute("SELECT key FROM revoked"))
-                self._revoked_version = version
-            revoked = self._revoked
+        """Asked on every FHIR request, so answered from an in-memory copy of `revoked`.
+
+        The copy follows this connection's own revocations at once (they drop it) and other
+        connections' — another uvicorn worker, `yilian` on the command line — within
+        `REVOCATION_RECHECK_SECONDS`: at most that often `PRAGMA data_version` is asked whether
+        anyone else committed, and only then is the table read again. (data_version ignores a
+        connection's own commits; asking it on every request cost ~10 % of an authorized read.)
+        """
+        revoked = self._revoked
+        if revoked is None or time.monotonic() >= self._revoked_fresh_until:
+            with self._lock:
+                version = self._db.execute("PRAGMA data_version").fetchone()[0]
+                if self._revoked is None or version != self._revoked_version:
+                    self._revoked = frozenset(
+                        key for (key,) in self._db.execute("SELECT key FROM revoked"))
+                    self._revoked_version = version
+                self._revoked_fresh_until = time.monotonic() + REVOCATION_RECHECK_SECONDS
+                revoked = self._revoked
         return f"jti:{jti}" in revoked or (grant_id is not None and f"gid:{grant_id}" in revoked)
 
     # sessions, pending requests, launches

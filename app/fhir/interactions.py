@@ -145,7 +145,9 @@ class FhirService:
         may not see it, 403 when they see it but may not change it."""
         if existing is None or not self.hooks.authorizer.restricted(call.principal):
             return
-        if await self.hidden(call, existing):
+        # absent for the caller when neither its read nor its write grant reaches it (a
+        # write-only token, e.g. v1 `patient/Observation.write`, still changes its own data)
+        if await self.hidden(call, existing, perm) and await self.hidden(call, existing):
             raise error(404, "not-found", message)
         if not existing.deleted and not self.hooks.authorizer.visible(call.principal, existing,
                                                                       perm):

@@ -612,3 +612,23 @@ def test_validate_needs_the_permission_it_stands_for(world: World) -> None:
     assert r.status_code == 200 and r.json()["resourceType"] == "OperationOutcome"
     assert world.c.get("/fhir/Observation/obs-a1/$validate", headers=world.a).status_code == 200
     assert world.c.get("/fhir/Observation/obs-b1/$validate", headers=world.a).status_code == 404
+
+
+def test_v1_scopes_are_held_like_their_v2_equivalents(world: World) -> None:
+    # SMART v1 names: `.read` = `.rs`, `.write` = `.cud`, `.*` = `.cruds`
+    reader = world.smart.headers("launch/patient patient/Observation.read", patient="pat-a",
+                                 grant_id="grant-v1r")
+    assert world.ids(world.c.get("/fhir/Observation", headers=reader)) == {
+        "Observation/obs-a1", "Observation/obs-a2"}
+    assert world.c.get("/fhir/Observation/obs-b1", headers=reader).status_code == 404
+    assert world.c.get("/fhir/Condition", headers=reader).status_code == 403
+    assert world.c.put("/fhir/Observation/obs-a2", json=vital("pat-a", "obs-a2"),
+                       headers=reader).status_code == 403
+    writer = world.smart.headers("launch/patient patient/Observation.write", patient="pat-a",
+                                 grant_id="grant-v1w")
+    assert world.c.put("/fhir/Observation/obs-a2", json=vital("pat-a", "obs-a2"),
+                       headers=writer).status_code == 200
+    assert world.c.get("/fhir/Observation/obs-a2", headers=writer).status_code == 403
+    everything = world.smart.headers("user/*.*", fhir_user="Patient/pat-a", grant_id="grant-v1a")
+    assert world.ids(world.c.get("/fhir/Condition", headers=everything)) == {"Condition/cond-a"}
+    assert world.c.delete("/fhir/Condition/cond-b", headers=everything).status_code == 404

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.auth.sqlite_store import SqliteAuthStore, auth_db_path
+from app.auth.sqlite_store import REVOCATION_RECHECK_SECONDS, SqliteAuthStore, auth_db_path
 from app.auth.store import (
     Client,
     DuplicateError,
@@ -286,9 +286,11 @@ def test_revocations_by_this_and_another_connection_are_seen_at_once(tmp_path: P
         assert worker.is_revoked("jti-1", None)
         assert not worker.is_revoked("jti-2", "grant-1")
         other.revoke(grant_id="grant-1", until=time.time() + 60)
+        time.sleep(REVOCATION_RECHECK_SECONDS)  # the bound on another process's revocation
         assert worker.is_revoked("jti-2", "grant-1")
         assert not worker.is_revoked("jti-3", "grant-2")
         other.revoke(jti="jti-3", until=time.time() + 60)
+        time.sleep(REVOCATION_RECHECK_SECONDS)
         assert worker.is_revoked("jti-3", "grant-2")
     finally:
         worker.close()
