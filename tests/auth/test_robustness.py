@@ -3,6 +3,7 @@ random parameters (known names with random values, and random names) to each of 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -29,7 +30,7 @@ PARAMS = st.lists(st.tuples(st.one_of(st.sampled_from(NAMES), st.text(max_size=1
 HEADERS = st.one_of(st.text(max_size=60).map(lambda t: "".join(c for c in t if " " <= c < "\x7f")),
                     st.sampled_from(["Bearer", "Bearer ", "Bearer a.b.c", "Basic !!!",
                                      "Basic Og==", "bearer eyJ0eXAiOiJhdCtqd3QifQ.e30.x"]))
-SETTINGS = settings(max_examples=60, deadline=None,
+SETTINGS = settings(max_examples=int(os.environ.get("YILIAN_FUZZ_EXAMPLES", "60")), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
