@@ -24,6 +24,10 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from app.auth.bearer import issue_access_token
+from app.auth.keys import Keyring
+from app.auth.routes_token import AuthUrls
+from app.auth.scopes import parse_scopes
 from app.samples import HospitalGenerator
 from tests.live_server import FHIR_JSON, LiveServer
 
@@ -68,7 +72,8 @@ def error_is_operation_outcome(ctx: Any, response: schemathesis.Response,
 
 
 def fuzz(schema: Any, base_url: str,
-         variants: Callable[[Any], list[dict[str, Any] | None]]) -> tuple[int, list[str]]:
+         variants: Callable[[Any], list[dict[str, Any] | None]],
+         headers: dict[str, str] | None = None) -> tuple[int, list[str]]:
     """Run every operation (each path-parameter variant, positive and — for operations with a
     body — negative cases); return the number of operations and every failure found."""
     failures: list[str] = []
@@ -88,7 +93,7 @@ def fuzz(schema: Any, base_url: str,
                           suppress_health_check=list(HealthCheck))
                 @given(case=strategy)
                 def run(case: schemathesis.Case) -> None:
-                    response = case.call(base_url=base_url)
+                    response = case.call(base_url=base_url, headers=headers)
                     case.validate_response(response, checks=[not_a_server_error,
                                                               error_is_operation_outcome])
 
@@ -189,3 +194,49 @@ def test_every_operation_with_typed_parameters_answers_without_a_server_error(
         else [None])
     assert operations >= 15
     assert not failures, report(failures, server)
+
+
+# -- the same, with authorization on and a patient's token ---------------------------------------
+
+def _token(live: LiveServer, scope: str, **context: str) -> dict[str, str]:
+    token = issue_access_token(
+        Keyring(live.var_dir / "keys"), issuer=AuthUrls.from_base_url(live.base_url).issuer,
+        audience=live.base_url, client_id="fuzz", subject="fuzz",
+        scope=parse_scopes(scope).scopes, **context)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def smart_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = LiveServer(Path(tmp_path_factory.mktemp("schemathesis-smart")) / "var",
+                      env={"YILIAN_AUTH": "smart"})
+    with live:
+        gen = HospitalGenerator(seed=5)
+        admin = _token(live, "system/*.cruds")
+        with live.client() as http:
+            for patient in gen.patients(2):
+                encounter = next(gen.encounters(patient, 1))
+                for res in (patient, encounter, *gen.lab_panel(patient, encounter, "肾功能")):
+                    r = http.put(f"/{res['resourceType']}/{res['id']}", json=res,
+                                 headers={**FHIR_JSON, **admin})
+                    assert r.status_code == 201, r.text
+        yield live
+
+
+def test_a_patient_token_meets_no_server_error_through_any_operation(
+        smart_server: LiveServer) -> None:
+    # Every access rule (compartment clauses in searches, chains, includes, history, writes
+    # judged against the grant) under the same fuzzing, with 张三's patient app token.
+    document = httpx.get(smart_server.root_url + "/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(annotated(document))
+    headers = _token(smart_server, "launch/patient patient/*.cruds", patient=PATIENT_ID,
+                     fhir_user=f"Patient/{PATIENT_ID}")
+    with smart_server.client() as http:  # the token is good: fuzzing gets past the 401
+        assert http.get(f"/Patient/{PATIENT_ID}", headers=headers).status_code == 200
+        assert http.get("/Observation?_summary=count", headers=headers).json()["total"] > 0
+    operations, failures = fuzz(
+        schema, smart_server.root_url,
+        lambda op: [None, {"type_": "Patient", "id_": PATIENT_ID}] if "{id_}" in op.path
+        else [None], headers=headers)
+    assert operations >= 15
+    assert not failures, report(failures, smart_server)
