@@ -51,7 +51,16 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --legacy-peer-deps --omit=optional --no-audit --no-fund
 	touch $(NODE_STAMP)
 
-test: lint typecheck pytest
+test: lint typecheck contracts-check pytest
+
+# Solidity contracts (issue 5): the pinned npm solc compiles contracts/*.sol into the committed
+# contracts/build/; contracts-check recompiles in memory and fails if contracts/build/ differs.
+.PHONY: contracts contracts-check
+contracts: $(NODE_STAMP)
+	node contracts/compile.mjs
+
+contracts-check: $(NODE_STAMP)
+	node contracts/compile.mjs --check
 
 # Benchmarks (not part of `make test`): results go to docs/performance.md.
 bench: install
