@@ -595,16 +595,25 @@ def build_authorize_router(keyring: Keyring, settings: Settings, *, service: Fhi
     router.add_api_route("/auth/approve", approve, methods=["GET", "POST"],
                          include_in_schema=False)
 
+    async def signed_in(auth_store: AuthStore, request: Request,
+                        page: str) -> Session | Response:
+        """The caller's session; without one, GET goes to the sign-in page (and back to `page`
+        after it), a POST is refused."""
+        session = await session_of(auth_store, request)
+        if session is not None:
+            return session
+        if request.method == "POST":
+            raise PageError("not_signed_in", 403)
+        return RedirectResponse(f"{url('login')}?next={page}", status_code=303,
+                                headers={"Cache-Control": "no-store"})
+
     # -- EHR launcher ----------------------------------------------------------------------
 
     async def ehr(request: Request) -> Response:
         async def handle(auth_store: AuthStore) -> Response:
-            session = await session_of(auth_store, request)
-            if session is None:
-                if request.method == "POST":
-                    raise PageError("not_signed_in", 403)
-                return RedirectResponse(f"{url('login')}?next=ehr", status_code=303,
-                                        headers={"Cache-Control": "no-store"})
+            session = await signed_in(auth_store, request, "ehr")
+            if isinstance(session, Response):
+                return session
             if not session.fhir_user.startswith("Practitioner/"):
                 raise PageError("practitioner_only", 403)
             clients = [c for c in await run_in_threadpool(auth_store.list_clients)
@@ -647,12 +656,9 @@ def build_authorize_router(keyring: Keyring, settings: Settings, *, service: Fhi
 
     async def manage(request: Request) -> Response:
         async def handle(auth_store: AuthStore) -> Response:
-            session = await session_of(auth_store, request)
-            if session is None:
-                if request.method == "POST":
-                    raise PageError("not_signed_in", 403)
-                return RedirectResponse(f"{url('login')}?next=manage", status_code=303,
-                                        headers={"Cache-Control": "no-store"})
+            session = await signed_in(auth_store, request, "manage")
+            if isinstance(session, Response):
+                return session
             if request.method == "POST":
                 form, _ = await checked_post(request, auth_store, "manage",
                                              session.session_hash)

@@ -40,16 +40,13 @@ it is in, so the policy may want to deny Group to `patient/` tokens outright.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from app.definitions.registry import Registry
 from app.search.extract import Indexer
-from app.search.index import IndexRows
 
 __all__ = ["PatientCompartment"]
 
-_log = logging.getLogger(__name__)
 
 # The CompartmentDefinition's marker for "the focal resource itself" (`_id` of a Patient).
 _SELF = "{def}"
@@ -101,23 +98,8 @@ class PatientCompartment:
                 found.add(own)
         wanted = self._params.get(rtype, frozenset())
         if wanted:
-            out = IndexRows()
-            memo: dict[Any, Any] = {}
-            for entry in self.indexer.plan(rtype):
-                if entry.code not in wanted:
-                    continue
-                keys = entry.root_keys
-                if keys is not None and not any(k in resource for k in keys):
-                    continue
-                try:
-                    items = entry.expression(resource)
-                    if items:
-                        entry.emit(items, resource, out, memo)
-                except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
-                    # Indexer.rows skips the same parameter, so the store holds no row for it
-                    # either: leaving it out keeps the two in agreement (and fails closed).
-                    _log.warning("compartment: %s/%s parameter %s skipped: %r",
-                                 rtype, resource.get("id"), entry.code, exc)
+            # the rows the store indexes for the compartment parameters: the two agree
+            out = self.indexer.rows(resource, only=wanted)
             found.update(row.target_id for row in out.reference
                          if row.target_type == "Patient" and row.target_id)
         return frozenset(found)

@@ -221,35 +221,23 @@ class Matcher:
                 preds = self.predicates(rtype, alt.query)
                 if preds is None:
                     continue
-                rows = self._rows(resource, rtype, {p.param.code for p in preds}, rows)
+                rows = self._rows(resource, {p.param.code for p in preds}, rows)
                 if not all(_predicate_matches(p, rows) for p in preds):
                     continue
             return True
         return False
 
 
-    def _rows(self, resource: dict[str, Any], rtype: str, codes: set[str],
+    def _rows(self, resource: dict[str, Any], codes: set[str],
               rows: IndexRows | None) -> IndexRows:
         """Index rows of just the parameters `codes` (what the store indexes for them), added
         to `rows` once per parameter: a granular check costs a few expressions, not the
         resource's whole index."""
         out = rows if rows is not None else IndexRows()
-        memo: dict[Any, Any] = {}
         have: set[str] = {r.param for r in out.token} | {r.param for r in out.string} | \
             {r.param for r in out.uri} | {r.param for r in out.reference}
-        for entry in self.indexer.plan(rtype):
-            if entry.code not in codes or entry.code in have:
-                continue
-            keys = entry.root_keys
-            if keys is not None and not any(k in resource for k in keys):
-                continue
-            try:
-                items = entry.expression(resource)
-                if items:
-                    entry.emit(items, resource, out, memo)
-            except (TypeError, ValueError, AttributeError, KeyError, IndexError):
-                continue  # Indexer.rows skips it too: no row, no match (fails closed)
-        return out
+        missing = codes - have
+        return self.indexer.rows(resource, only=missing, into=out) if missing else out
 
 
 def _predicate_matches(p: Predicate, rows: IndexRows) -> bool:

@@ -54,7 +54,7 @@ import itertools
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -222,14 +222,18 @@ class Indexer:
 
     # -- public -----------------------------------------------------------------------------
 
-    def rows(self, resource: dict[str, Any]) -> IndexRows:
-        """Every index row of the resource; empty for an unknown resourceType."""
-        out = IndexRows()
+    def rows(self, resource: dict[str, Any], only: Collection[str] | None = None,
+             into: IndexRows | None = None) -> IndexRows:
+        """Every index row of the resource; empty for an unknown resourceType. `only`: just
+        the rows of those parameter codes (what authorization checks need), added to `into`."""
+        out = into if into is not None else IndexRows()
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str):
             return out
         memo: Memo = {}
         for entry in self.plan(rtype):
+            if only is not None and entry.code not in only:
+                continue
             keys = entry.root_keys
             if keys is not None:
                 for key in keys:
@@ -243,7 +247,8 @@ class Indexer:
                     entry.emit(items, resource, out, memo)
             except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
                 # Converters check every value's shape, so this is a bug; losing one
-                # parameter's rows is better than refusing the write that triggered it.
+                # parameter's rows is better than refusing the write that triggered it (and
+                # authorization, judging the same rows, fails closed on it).
                 _log.warning(
                     "search index: %s/%s parameter %s skipped: %r",
                     rtype, resource.get("id"), entry.code, exc,
