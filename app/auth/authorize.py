@@ -65,7 +65,7 @@ from app.auth.launch import (
 from app.auth.pages import STATIC, Pages, choose_lang
 from app.auth.passwords import Passwords
 from app.auth.rfc7523_backend import JwksFetcher
-from app.auth.routes_token import AuthUrls
+from app.auth.routes_token import AuthUrls, read_body
 from app.auth.scopes import (
     ClinicalScope,
     ScopeSet,
@@ -138,13 +138,9 @@ async def read_page_form(request: Request) -> list[tuple[str, str]]:
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media != FORM_TYPE:
         raise PageError("bad_request")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_PAGE_FORM_BYTES:
-            raise PageError("bad_request", 413)
+    body = await read_body(request, MAX_PAGE_FORM_BYTES, PageError("bad_request", 413))
     try:
-        return parse_qsl(bytes(body).decode("utf-8"), keep_blank_values=True,
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True,
                          errors="strict", max_num_fields=MAX_PAGE_FORM_FIELDS)
     except ValueError:
         raise PageError("bad_request") from None

@@ -34,6 +34,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app.auth.clients import ClientError, Registered, check_redirect_uri, register_client
+from app.auth.routes_token import read_body
 from app.auth.store import AuthStore, ClientKind, hash_secret
 
 log = logging.getLogger("yilian.auth.registration")
@@ -250,15 +251,7 @@ def build_registration_router(*, store: StoreGetter, registration_token: str = "
 
 
 async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    too_big = RegistrationError("invalid_client_metadata", "the client metadata is larger "
-                                f"than {MAX_METADATA_BYTES} bytes")
-    if declared.isdigit() and int(declared) > MAX_METADATA_BYTES:
-        raise too_big
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_METADATA_BYTES:
-            raise too_big
-    return bytes(body)
+    return await read_body(request, MAX_METADATA_BYTES, RegistrationError(
+        "invalid_client_metadata", f"the client metadata is larger than {MAX_METADATA_BYTES} "
+        "bytes"))
 

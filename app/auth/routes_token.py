@@ -157,6 +157,20 @@ def _unavailable() -> Response:
                                        "try again shortly"}, 503, {"Retry-After": "5"})
 
 
+async def read_body(request: Request, limit: int, too_big: Exception) -> bytes:
+    """The request body, raising `too_big` as soon as it (or its declared length) passes
+    `limit` bytes: a large body is never buffered whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    return bytes(body)
+
+
 async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, str]:
     """The request's urlencoded form, without blank parameters; `OAuthError` (invalid_request)
     for another content type, a body over `limit` bytes, bad encoding or a repeated name."""
@@ -167,17 +181,10 @@ async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, 
     charset = re.search(r"charset\s*=\s*\"?([^\";\s]*)", params, re.IGNORECASE)
     if charset and charset.group(1).lower() not in ("utf-8", "utf8", "us-ascii"):
         raise OAuthError("invalid_request", "the form must be encoded in UTF-8")
-    declared = request.headers.get("content-length", "")
-    too_big = OAuthError("invalid_request", f"the request body is larger than {limit} bytes")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_big
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_big
+    body = await read_body(request, limit, OAuthError(
+        "invalid_request", f"the request body is larger than {limit} bytes"))
     try:
-        text = bytes(body).decode("utf-8")
+        text = body.decode("utf-8")
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
                           encoding="utf-8", errors="strict", max_num_fields=MAX_FORM_FIELDS)
     except ValueError:  # UnicodeDecodeError included; also too many fields

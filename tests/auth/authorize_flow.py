@@ -299,3 +299,16 @@ def sign_out(c: TestClient) -> None:
 
 
 BAD_TEXT = re.compile(r"Traceback|Exception|sqlite", re.IGNORECASE)
+
+
+def flow_tokens(w: World, **kw: Any) -> dict[str, Any]:
+    """A whole launch (`full_flow`) and its code exchanged: the token response."""
+    code, verifier = full_flow(w.client, **kw)
+    r = exchange(w.client, code, verifier)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def refresh_with(c: TestClient, token: str, client_id: str = APP_ID, **extra: str) -> Response:
+    return c.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": token,
+                               "client_id": client_id, **extra})

@@ -4,12 +4,10 @@ response fields; id_token and access token verified against `/auth/jwks`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
@@ -34,15 +32,8 @@ from tests.auth.authorize_flow import (
     pkce,
     redirect_query,
     sign_in,
-    world,
 )
 from tests.conftest import BASE
-
-
-@pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    with world(tmp_path) as built:
-        yield built
 
 
 def _decode(w: World, token: str) -> dict[str, Any]:

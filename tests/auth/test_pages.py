@@ -3,10 +3,8 @@ usable on a phone, never cached, framed or scripted; deselecting a scope narrows
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from app.auth.clients import register_client
@@ -29,14 +27,7 @@ from tests.auth.authorize_flow import (
     pkce,
     seed_auth,
     sign_in,
-    world,
 )
-
-
-@pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    with world(tmp_path) as built:
-        yield built
 
 
 def _assert_page_headers(headers: dict[str, str] | object) -> None:

@@ -4,13 +4,6 @@ and introspection (RFC 7662) of user-flow tokens."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
-import pytest
-from fastapi.testclient import TestClient
-
 from tests.auth.authorize_flow import (
     APP_ID,
     CLINIC_ID,
@@ -18,33 +11,16 @@ from tests.auth.authorize_flow import (
     TOKEN,
     World,
     exchange,
+    flow_tokens,
     full_flow,
-    world,
+    refresh_with,
 )
 from tests.conftest import BASE
 
 
-@pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    with world(tmp_path) as built:
-        yield built
-
-
-def _tokens(w: World, **kw: Any) -> dict[str, Any]:
-    code, verifier = full_flow(w.client, **kw)
-    r = exchange(w.client, code, verifier)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-def _refresh(c: TestClient, token: str, client_id: str = APP_ID, **extra: str) -> Any:
-    return c.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": token,
-                               "client_id": client_id, **extra})
-
-
 def test_refresh_rotates_and_keeps_the_launch_context(w: World) -> None:
-    first = _tokens(w)
-    r = _refresh(w.client, first["refresh_token"])
+    first = flow_tokens(w)
+    r = refresh_with(w.client, first["refresh_token"])
     assert r.status_code == 200, r.text
     assert r.headers["cache-control"] == "no-store"
     body = r.json()
@@ -54,27 +30,27 @@ def test_refresh_rotates_and_keeps_the_launch_context(w: World) -> None:
     assert body["scope"] == first["scope"]
     assert body["expires_in"] == 3600
     # the rotated token works once more
-    assert _refresh(w.client, body["refresh_token"]).status_code == 200
+    assert refresh_with(w.client, body["refresh_token"]).status_code == 200
 
 
 def test_reusing_a_rotated_refresh_token_revokes_the_grant(w: World) -> None:
-    first = _tokens(w)
-    second = _refresh(w.client, first["refresh_token"]).json()
-    replay = _refresh(w.client, first["refresh_token"])
+    first = flow_tokens(w)
+    second = refresh_with(w.client, first["refresh_token"]).json()
+    replay = refresh_with(w.client, first["refresh_token"])
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
     # the thief's replay kills the legitimate chain too
-    assert _refresh(w.client, second["refresh_token"]).json()["error"] == "invalid_grant"
+    assert refresh_with(w.client, second["refresh_token"]).json()["error"] == "invalid_grant"
 
 
 def test_online_access_refresh_ends_with_the_session(w: World) -> None:
-    first = _tokens(w, scope="launch/patient online_access patient/Patient.rs")
+    first = flow_tokens(w, scope="launch/patient online_access patient/Patient.rs")
     assert first["refresh_token"]
-    second = _refresh(w.client, first["refresh_token"])
+    second = refresh_with(w.client, first["refresh_token"])
     assert second.status_code == 200
     page = w.client.get("/auth/logout").text
     from tests.auth.authorize_flow import parse_page
     w.client.post("/auth/logout", data={"csrf": parse_page(page).value("csrf")})
-    r = _refresh(w.client, second.json()["refresh_token"])
+    r = refresh_with(w.client, second.json()["refresh_token"])
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
 
@@ -83,7 +59,7 @@ def test_confidential_client_refreshes_with_basic_auth_only(w: World) -> None:
     r = exchange(w.client, code, verifier, redirect_uri=CLINIC_REDIRECT,
                  auth=(CLINIC_ID, w.clinic_secret))
     refresh = r.json()["refresh_token"]
-    bare = _refresh(w.client, refresh, client_id=CLINIC_ID)  # no secret
+    bare = refresh_with(w.client, refresh, client_id=CLINIC_ID)  # no secret
     assert bare.status_code == 401 and bare.json()["error"] == "invalid_client"
     wrong = w.client.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": refresh},
                           auth=(CLINIC_ID, "not-the-secret"))
@@ -94,21 +70,21 @@ def test_confidential_client_refreshes_with_basic_auth_only(w: World) -> None:
 
 
 def test_revoking_refresh_token_kills_the_grant_and_its_access_tokens(w: World) -> None:
-    first = _tokens(w)
+    first = flow_tokens(w)
     r = w.client.post("/auth/revoke", data={"token": first["refresh_token"],
                                             "client_id": APP_ID})
     assert r.status_code == 200, r.text
-    assert _refresh(w.client, first["refresh_token"]).json()["error"] == "invalid_grant"
+    assert refresh_with(w.client, first["refresh_token"]).json()["error"] == "invalid_grant"
     claims = w.client.app.state.keyring.verify(first["access_token"])  # type: ignore[attr-defined]
     assert w.store.is_revoked(claims["jti"], claims["gid"])
 
 
 def test_another_client_cannot_revoke_a_refresh_token(w: World) -> None:
-    first = _tokens(w)
+    first = flow_tokens(w)
     r = w.client.post("/auth/revoke", data={"token": first["refresh_token"]},
                       auth=(CLINIC_ID, w.clinic_secret))
     assert r.status_code == 200  # RFC 7009 §2.2: the answer never tells
-    assert _refresh(w.client, first["refresh_token"]).status_code == 200
+    assert refresh_with(w.client, first["refresh_token"]).status_code == 200
 
 
 def test_introspection_returns_the_launch_context(w: World) -> None:
@@ -134,9 +110,9 @@ def test_introspection_returns_the_launch_context(w: World) -> None:
 
 
 def test_disabling_a_user_stops_refresh_and_ends_sessions(w: World) -> None:
-    first = _tokens(w)
+    first = flow_tokens(w)
     w.store.set_user_disabled("zhangsan", True)
-    r = _refresh(w.client, first["refresh_token"])
+    r = refresh_with(w.client, first["refresh_token"])
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     manage = w.client.get("/auth/manage", follow_redirects=False)
     assert manage.status_code == 303 and "/auth/login" in manage.headers["location"]

@@ -7,8 +7,6 @@ unregistered place."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,32 +33,15 @@ from tests.auth.authorize_flow import (
     authorize_params,
     code_from,
     exchange,
+    flow_tokens,
     full_flow,
     parse_page,
     pkce,
     redirect_query,
+    refresh_with,
     sign_in,
     start,
-    world,
 )
-
-
-@pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    with world(tmp_path) as built:
-        yield built
-
-
-def _tokens(w: World, **kw: Any) -> dict[str, Any]:
-    code, verifier = full_flow(w.client, **kw)
-    r = exchange(w.client, code, verifier)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-def _refresh(c: TestClient, token: str, client_id: str = APP_ID, **extra: str) -> Any:
-    return c.post(TOKEN, data={"grant_type": "refresh_token", "refresh_token": token,
-                               "client_id": client_id, **extra})
 
 
 def _no_code_page(r: Any) -> None:
@@ -244,7 +225,7 @@ def test_second_use_of_a_code_fails_and_revokes_its_tokens(w: World) -> None:
     body = first.json()
     claims = w.client.app.state.keyring.verify(body["access_token"])  # type: ignore[attr-defined]
     assert w.store.is_revoked(claims["jti"], claims["gid"])
-    assert _refresh(w.client, body["refresh_token"]).json()["error"] == "invalid_grant"
+    assert refresh_with(w.client, body["refresh_token"]).json()["error"] == "invalid_grant"
 
 
 def test_expired_code_fails(w: World) -> None:
@@ -264,33 +245,33 @@ def test_unknown_code_fails(w: World) -> None:
 # -- refresh tokens ------------------------------------------------------------------------
 
 def test_refresh_token_is_bound_to_its_client(w: World) -> None:
-    first = _tokens(w)
+    first = flow_tokens(w)
     r = w.client.post(TOKEN, data={"grant_type": "refresh_token",
                                    "refresh_token": first["refresh_token"]},
                       auth=(CLINIC_ID, w.clinic_secret))
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     # not burnt by the attempt: its own client still refreshes
-    assert _refresh(w.client, first["refresh_token"]).status_code == 200
+    assert refresh_with(w.client, first["refresh_token"]).status_code == 200
 
 
 def test_refresh_cannot_widen_scope(w: World) -> None:
-    first = _tokens(w, scope="launch/patient offline_access patient/Observation.rs")
+    first = flow_tokens(w, scope="launch/patient offline_access patient/Observation.rs")
     for wider in ("launch/patient offline_access patient/Observation.rs patient/Condition.rs",
                   "patient/Observation.cruds", "patient/*.rs", "user/Observation.rs",
                   "system/Observation.rs"):
-        r = _refresh(w.client, first["refresh_token"], scope=wider)
+        r = refresh_with(w.client, first["refresh_token"], scope=wider)
         assert r.status_code == 400, wider
         assert r.json()["error"] == "invalid_scope"
-    assert _refresh(w.client, first["refresh_token"]).status_code == 200
+    assert refresh_with(w.client, first["refresh_token"]).status_code == 200
 
 
 def test_refresh_can_narrow_scope(w: World) -> None:
-    first = _tokens(w)
-    r = _refresh(w.client, first["refresh_token"], scope="patient/Observation.r")
+    first = flow_tokens(w)
+    r = refresh_with(w.client, first["refresh_token"], scope="patient/Observation.r")
     assert r.status_code == 200, r.text
     assert r.json()["scope"] == "patient/Observation.r"
     # the grant keeps its scope: a later refresh without `scope` gets all of it back
-    again = _refresh(w.client, r.json()["refresh_token"])
+    again = refresh_with(w.client, r.json()["refresh_token"])
     assert again.json()["scope"] == first["scope"]
 
 
