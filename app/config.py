@@ -51,6 +51,33 @@ class Settings(BaseSettings):
     # Initial access token accepted by RFC 7591 dynamic registration (`POST /auth/register`);
     # empty: only tokens made with `yilian clients token` (stored hashed in the auth store).
     registration_token: str = ""
+    # `off`: no AuditEvents at all — for measuring what auditing costs (bench/); like
+    # auth=off it is refused unless `host` is a loopback address.
+    audit: Literal["on", "off"] = "on"
+    # The audit trail and its chain (docs/chain.md). `dev`: `yilian serve` runs anvil under
+    # var/chain/ and deploys the contracts there; `rpc`: use the EVM chain at `chain_rpc`;
+    # `off`: AuditEvents are kept but nothing is anchored (tests and tools only).
+    chain: Literal["dev", "rpc", "off"] = "dev"
+    chain_rpc: str = ""  # set: `chain` becomes `rpc` (any EVM JSON-RPC endpoint)
+    # Hex private key of this node's writer account; default var/chain/node.key (made on
+    # first start of the dev chain, mode 0600).
+    chain_key_file: Path | None = None
+    # `deploy`: deploy the contracts on first start (dev chain, or a chain where this node's
+    # key is admin); `attach`: use the addresses below (a consortium deployed them).
+    chain_contracts: Literal["deploy", "attach"] = "deploy"
+    chain_audit_log: str = ""
+    chain_consent_registry: str = ""
+    chain_anchor: str = ""
+    chain_poa: bool = False  # PoA chain (geth clique, Besu IBFT): extraData middleware
+    chain_state_interval: int = Field(default=5, ge=1)  # anvil state dump period (s)
+    # Blocks on top of an entry's block before its proof is written back (1: mined).
+    chain_confirmations: int = Field(default=1, ge=1, le=64)
+    anchor_batch_size: int = Field(default=1000, ge=1, le=1000)
+    anchor_interval_ms: int = Field(default=200, ge=10, le=60000)
+    # True: writes are refused (503) while the outbox cannot reach the chain; reads go on.
+    audit_fail_closed: bool = False
+    # Fail closed once the oldest unanchored entry is this old (seconds).
+    audit_fail_closed_lag_seconds: int = Field(default=30, ge=1)
 
     @model_validator(mode="after")
     def _derive_base_url(self) -> Settings:
@@ -58,7 +85,14 @@ class Settings(BaseSettings):
             host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
             host = f"[{host}]" if ":" in host else host
             self.base_url = f"http://{host}:{self.port}/fhir"
+        if self.chain_rpc and self.chain == "dev":
+            self.chain = "rpc"
         return self
+
+    @property
+    def chain_dir(self) -> Path:
+        """The dev chain's state, this node's key and the deployment record."""
+        return self.var_dir / "chain"
 
     @property
     def sqlite_path(self) -> Path:

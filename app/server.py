@@ -20,8 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
+from app.audit.auditor import ChainAuditor
+from app.audit.fhir import AuditEvents
+from app.audit.hashing import Keyer
 from app.auth.authorize import build_authorize_router
-from app.auth.authorizer import build_smart_hooks
+from app.auth.authorizer import build_smart_hooks, is_loopback
+from app.auth.compartment import PatientCompartment
 from app.auth.cors import SmartCors
 from app.auth.demo import build_demo_app_router
 from app.auth.discovery import build_discovery_router
@@ -31,6 +35,8 @@ from app.auth.rfc7591_registration import build_registration_router
 from app.auth.routes_jwks import build_jwks_router
 from app.auth.routes_token import build_token_router
 from app.auth.sqlite_store import SqliteAuthStore
+from app.chain.handles import HandleSource
+from app.chain.status import build_chain_router
 from app.config import Settings
 from app.definitions.profiles import load_profile_resources, with_profiles
 from app.definitions.registry import load_registry
@@ -38,7 +44,7 @@ from app.fhir.interactions import FhirService
 from app.fhir.outcome import FhirError, Issue, error, outcome_bytes
 from app.fhir.profile_validation import ProfileValidator
 from app.fhir.rest import FHIR_JSON, FastRead, build_router
-from app.pipeline.hooks import Hooks
+from app.pipeline.hooks import Hooks, NoAudit
 from app.search.dates import now_instant, parse_offset
 from app.search.extract import Indexer
 from app.search.query import ParseContext
@@ -159,6 +165,25 @@ def build_service(settings: Settings, hooks: Hooks) -> tuple[FhirService, list[d
             profile_resources)
 
 
+def start_anchoring(settings: Settings, handle: HandleSource) -> tuple[Any, Any] | None:
+    """This worker's anchoring loop (one worker anchors at a time: a lease in the store)."""
+    if settings.chain == "off" or settings.audit == "off":
+        return None
+    from app.chain.anchorer import Anchorer
+
+    anchorer = Anchorer(settings.sqlite_path, settings, handle)
+    return anchorer, asyncio.create_task(anchorer.run(), name="yilian-anchorer")
+
+
+async def stop_anchoring(anchoring: tuple[Any, Any] | None) -> None:
+    if anchoring is None:
+        return
+    anchorer, task = anchoring
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    anchorer.close()
+
+
 def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> FastAPI:
     settings = settings or Settings()
     keyring = Keyring(settings.keys_dir, settings.token_alg)
@@ -167,6 +192,20 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
         hooks = build_smart_hooks(settings, keyring) if settings.auth == "smart" else Hooks()
     service, profile_resources = build_service(settings, hooks)
     store = service.store
+    # The audit trail (app/audit/) and the chain it is anchored on (app/chain/)
+    keyer = Keyer.in_var_dir(settings.var_dir)
+    chain_handle = HandleSource(settings)
+    if settings.audit == "off" and not is_loopback(settings.host):
+        raise SystemExit("YILIAN_AUDIT=off records no access and is only allowed on a loopback "
+                         f"host; YILIAN_HOST is {settings.host!r}")
+    if isinstance(hooks.auditor, NoAudit) and settings.audit == "on":
+        hooks.auditor = ChainAuditor(
+            store, keyer, PatientCompartment(service.registry,
+                                             Indexer.from_settings(service.registry, settings)),
+            source=settings.base_url, fail_closed=settings.audit_fail_closed,
+            fail_closed_lag_seconds=settings.audit_fail_closed_lag_seconds,
+            chain_enabled=settings.chain != "off")
+    service.audit_events = AuditEvents(service, keyer, chain_handle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -180,9 +219,11 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
         auth_store = await asyncio.to_thread(SqliteAuthStore.in_var_dir, settings.var_dir)
         jwks_fetcher = HttpJwksFetcher()
         app.state.auth_store, app.state.jwks_fetcher = auth_store, jwks_fetcher
+        anchoring = start_anchoring(settings, chain_handle)
         try:
             yield
         finally:
+            await stop_anchoring(anchoring)
             app.state.auth_store = app.state.jwks_fetcher = None
             jwks_fetcher.close()
             auth_store.close()
@@ -197,9 +238,12 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
     app.state.auth_store = None  # opened in the lifespan
     app.state.jwks_fetcher = None
     app.state.started = now_instant()
+    app.state.audit = hooks.auditor  # auth events: app.state.audit.auth_event(...)
+    app.state.chain_handle = chain_handle
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:
+        await service.audit_refusals(exc)
         return Response(outcome_bytes(exc.issues), status_code=exc.status,
                         headers=exc.headers, media_type=FHIR_JSON)
 
@@ -233,6 +277,7 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
         return Response(b'{"name":"Yilian","fhir":"/fhir","metadata":"/fhir/metadata"}',
                         media_type="application/json")
 
+    app.include_router(build_chain_router(settings, settings.sqlite_path, chain_handle))
     app.include_router(build_jwks_router(keyring))
     app.include_router(build_token_router(
         keyring, settings.base_url,

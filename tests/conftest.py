@@ -23,6 +23,7 @@ def make_settings(tmp_path: Path, **kw: Any) -> Settings:
     """Settings of a test server. Authorization is off unless a test asks for `auth="smart"`:
     the FHIR suites test the REST behaviour; tests/auth tests its enforcement."""
     kw.setdefault("auth", "off")
+    kw.setdefault("chain", "off")
     return Settings(var_dir=tmp_path / "var", base_url=BASE, **kw)
 
 

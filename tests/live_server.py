@@ -106,6 +106,7 @@ class LiveServer:
             "YILIAN_BASE_URL": self.base_url,
             "YILIAN_LOG_LEVEL": "info",
             "YILIAN_AUTH": "off",  # tests of enforcement pass env={"YILIAN_AUTH": "smart"}
+            "YILIAN_CHAIN": "off",  # tests of the chain pass env={"YILIAN_CHAIN": "dev"}
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
             "PYTHONUNBUFFERED": "1",
         })

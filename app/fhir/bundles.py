@@ -109,6 +109,7 @@ class BundleProcessor:
                 result = await self._run(call, entry, None)
                 responses.append(self._response(result))
             except FhirError as exc:
+                await self.service.audit_refusals(exc)
                 responses.append({"response": {"status": _status_line(exc.status),
                                                "outcome": outcome(exc.issues)}})
         return Result(200, {"resourceType": "Bundle", "type": "batch-response",
@@ -380,7 +381,7 @@ def _with_entry(exc: FhirError, entry: Entry) -> FhirError:
     prefix = f"Bundle.entry[{entry.index}] ({entry.method} {entry.url}): "
     issues = [Issue(i.severity, i.code, prefix + i.diagnostics,
                     i.expression or (f"Bundle.entry[{entry.index}]",)) for i in exc.issues]
-    return FhirError(exc.status if exc.status != 204 else 400, issues, exc.headers)
+    return FhirError(exc.status if exc.status != 204 else 400, issues, exc.headers, exc.audit)
 
 
 def is_local_reference(ref: str) -> bool:

@@ -39,6 +39,7 @@ MAX_INT = 2**62  # larger numbers are client errors, never SQLite overflows
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 ETAG_RE = re.compile(r'^(?:W/)?"([0-9]+)"$')
 PAGING_PARAMS = ("_page_token", "_offset")
+WRITE_KINDS = frozenset(("create", "update", "patch", "delete"))
 
 
 @dataclass
@@ -100,17 +101,37 @@ class FhirService:
         self.hooks = hooks
         self.parse_ctx = parse_context
         self.base = settings.base_url.rstrip("/")
+        # AuditEvents live in the audit trail, not with the resources (app/audit/fhir.py)
+        self.audit_events: Any = None
 
     # -- pipeline ------------------------------------------------------------------------------
 
     async def authorize(self, call: Call, interaction: Interaction) -> None:
-        await self.hooks.authorizer.check(call.principal, interaction)
+        """The authorization hook; a refusal is audited (outcome 4) before it is raised. Writes
+        are also held to the fail-closed audit policy."""
+        try:
+            await self.hooks.authorizer.check(call.principal, interaction)
+            if interaction.kind in WRITE_KINDS:
+                await self.hooks.auditor.admit_write()
+        except FhirError as exc:
+            exc.audit.append(AuditRecord(
+                call.principal, interaction, exc.status,
+                detail=exc.issues[0].diagnostics if exc.issues else None))
+            raise
+
+    async def audit_refusals(self, exc: FhirError) -> None:
+        """Record the refusals an error carries (once), where it is answered."""
+        records, exc.audit = exc.audit, []
+        for record in records:
+            await self.hooks.auditor.record(record)
 
     async def audit(self, call: Call, interaction: Interaction, status: int,
-                    versions: list[StoredVersion]) -> None:
+                    versions: list[StoredVersion], tx: UnitOfWork | None = None, *,
+                    written: bool = False, query: str | None = None,
+                    detail: str | None = None) -> None:
+        """The audit hook: inside `tx` for a write (the AuditEvent commits with it)."""
         await self.hooks.auditor.record(AuditRecord(
-            call.principal, interaction, status,
-            [(v.type, v.id, v.version) for v in versions]))
+            call.principal, interaction, status, versions, written, query, detail), tx)
 
     def visible(self, call: Call, versions: list[StoredVersion],
                 perm: str = "r") -> list[StoredVersion]:
@@ -159,6 +180,11 @@ class FhirService:
         if not self.registry.is_resource_type(type_):
             raise error(404, "not-supported", f"{type_!r} is not a FHIR R4 resource type "
                         "this server supports (resource types are case-sensitive)")
+
+    def check_not_audit(self, type_: str) -> None:
+        if type_ == "AuditEvent":
+            raise error(405, "not-supported", "AuditEvents are written by the server only and "
+                        "never changed; read or search them")
 
     def check_id(self, id_: str) -> None:
         if not ID_RE.match(id_):
@@ -215,6 +241,9 @@ class FhirService:
     async def read(self, call: Call, type_: str, id_: str) -> Result:
         self.check_type(type_)
         self.check_id(id_)
+        if type_ == "AuditEvent" and self.audit_events is not None:
+            result: Result = await self.audit_events.read(call, id_)
+            return result
         interaction = Interaction("read", type_, id_, in_bundle=call.in_bundle)
         await self.authorize(call, interaction)
         v = await self.store.read(type_, id_)
@@ -245,6 +274,9 @@ class FhirService:
     async def vread(self, call: Call, type_: str, id_: str, vid: str) -> Result:
         self.check_type(type_)
         self.check_id(id_)
+        if type_ == "AuditEvent" and self.audit_events is not None:
+            result: Result = await self.audit_events.read(call, id_, vid)
+            return result
         interaction = Interaction("vread", type_, id_, in_bundle=call.in_bundle)
         await self.authorize(call, interaction)
         if not is_digits(vid) or int(vid) > MAX_INT:
@@ -266,6 +298,7 @@ class FhirService:
     async def create(self, call: Call, type_: str, body: bytes | dict[str, Any],
                      uow: UnitOfWork | None = None, assigned_id: str | None = None) -> Result:
         self.check_type(type_)
+        self.check_not_audit(type_)
         resource = self.parse_body(body, type_)
         interaction = Interaction("create", type_, in_bundle=call.in_bundle)
         await self.authorize(call, interaction)
@@ -288,7 +321,7 @@ class FhirService:
                                 f"{type_} resources; make the criteria select at most one")
             id_ = assigned_id or await tx.new_id()
             written = await tx.put(type_, id_, resource, method="POST")
-        await self.audit(call, interaction, 201, [written.version])
+            await self.audit(call, interaction, 201, [written.version], tx, written=True)
         return self.respond_write(call, written.version, 201)
 
     def validate_with_id(self, resource: dict[str, Any], id_: str) -> None:
@@ -304,6 +337,7 @@ class FhirService:
     async def update(self, call: Call, type_: str, id_: str, body: bytes | dict[str, Any],
                      uow: UnitOfWork | None = None) -> Result:
         self.check_type(type_)
+        self.check_not_audit(type_)
         self.check_id(id_)
         resource = self.parse_body(body, type_)
         if "id" not in resource:
@@ -332,14 +366,15 @@ class FhirService:
                 raise error(412, "conflict", f"If-Match expected version {exc.expected} of "
                             f"{type_}/{id_} but the current version is {exc.current}; read it "
                             "again and reapply your change") from None
-        status = 201 if written.created else 200
-        await self.audit(call, interaction, status, [written.version])
+            status = 201 if written.created else 200
+            await self.audit(call, interaction, status, [written.version], tx, written=True)
         return self.respond_write(call, written.version, status)
 
     async def conditional_update(self, call: Call, type_: str, query: str,
                                  body: bytes | dict[str, Any],
                                  uow: UnitOfWork | None = None) -> Result:
         self.check_type(type_)
+        self.check_not_audit(type_)
         resource = self.parse_body(body, type_)
         async with _maybe_uow(self.store, uow) as tx:
             found = await self.conditional_match(tx, type_, query, "conditional update", call)
@@ -359,6 +394,7 @@ class FhirService:
     async def delete(self, call: Call, type_: str, id_: str,
                      uow: UnitOfWork | None = None) -> Result:
         self.check_type(type_)
+        self.check_not_audit(type_)
         self.check_id(id_)
         interaction = Interaction("delete", type_, id_, in_bundle=call.in_bundle)
         await self.authorize(call, interaction)
@@ -373,14 +409,15 @@ class FhirService:
             except VersionConflict as exc:
                 raise error(412, "conflict", f"If-Match expected version {exc.expected} of "
                             f"{type_}/{id_} but the current version is {exc.current}") from None
-        versions = [written.version] if written else [existing]
-        await self.audit(call, interaction, 204, versions)
+            versions = [written.version] if written else [existing]
+            await self.audit(call, interaction, 204, versions, tx, written=written is not None)
         headers = {"ETag": f'W/"{versions[0].version}"'} if written else {}
         return Result(204, None, headers)
 
     async def conditional_delete(self, call: Call, type_: str, query: str,
                                  uow: UnitOfWork | None = None) -> Result:
         self.check_type(type_)
+        self.check_not_audit(type_)
         async with _maybe_uow(self.store, uow) as tx:
             found = await self.conditional_match(tx, type_, query, "conditional delete", call)
             if len(found) > 1:
@@ -393,6 +430,7 @@ class FhirService:
     async def patch(self, call: Call, type_: str, id_: str, body: bytes | Any,
                     uow: UnitOfWork | None = None) -> Result:
         self.check_type(type_)
+        self.check_not_audit(type_)
         self.check_id(id_)
         interaction = Interaction("patch", type_, id_, in_bundle=call.in_bundle)
         await self.authorize(call, interaction)
@@ -424,12 +462,13 @@ class FhirService:
                 await self.check_writable(call, patched, "u")
             written = await tx.put(type_, id_, patched, method="PATCH",
                                    if_match=current.version)
-        await self.audit(call, interaction, 200, [written.version])
+            await self.audit(call, interaction, 200, [written.version], tx, written=True)
         return self.respond_write(call, written.version, 200)
 
     async def conditional_patch(self, call: Call, type_: str, query: str, body: bytes | Any,
                                 uow: UnitOfWork | None = None) -> Result:
         self.check_type(type_)
+        self.check_not_audit(type_)
         async with _maybe_uow(self.store, uow) as tx:
             found = await self.conditional_match(tx, type_, query, "conditional patch", call)
             if len(found) != 1:
@@ -458,6 +497,9 @@ class FhirService:
                       params: list[tuple[str, str]]) -> Result:
         if type_ is not None:
             self.check_type(type_)
+            if type_ == "AuditEvent":
+                raise error(400, "not-supported", "AuditEvents have a single version and no "
+                            "history: read or search them")
         if id_ is not None:
             self.check_id(id_)
         kind = "history-instance" if id_ else "history-type" if type_ else "history-system"
@@ -538,7 +580,7 @@ class FhirService:
             # Bundle.total is optional in R4: counting only visible versions would mean reading
             # every version, and the unfiltered count would reveal hidden ones.
             del bundle["total"]
-        await self.audit(call, interaction, 200, versions)
+        await self.audit(call, interaction, 200, versions, query=urlencode(params))
         return Result(200, bundle)
 
     # -- search --------------------------------------------------------------------------------
@@ -547,6 +589,9 @@ class FhirService:
                      path: str) -> Result:
         for t in types:
             self.check_type(t)
+        if types == ("AuditEvent",) and self.audit_events is not None:
+            result: Result = await self.audit_events.search(call, params)
+            return result
         interaction = Interaction("search-type" if len(types) == 1 else "search-system",
                                   types[0] if len(types) == 1 else None, in_bundle=call.in_bundle)
         await self.authorize(call, interaction)
@@ -576,7 +621,10 @@ class FhirService:
         else:
             page = await self.store.search(query)
         bundle = self._search_bundle(call, query, page, path, issues)
-        await self.audit(call, interaction, 200, [*page.matches, *page.included])
+        returned = [*page.matches, *page.included]
+        if self.hooks.authorizer.restricted(call.principal):  # only what the bundle holds
+            returned = [*self.visible(call, page.matches, "s"), *self.visible(call, page.included)]
+        await self.audit(call, interaction, 200, returned, query=urlencode(criteria))
         return Result(200, bundle)
 
     def _check_elements(self, query: SearchQuery) -> list[str]:

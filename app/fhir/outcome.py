@@ -35,6 +35,9 @@ class FhirError(Exception):
     status: int
     issues: list[Issue]
     headers: dict[str, str] = field(default_factory=dict)
+    # AuditRecords of refused interactions, recorded where the error is answered (after any
+    # unit of work it escaped from has rolled back): app/server.py, FastRead, batch entries
+    audit: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     def __str__(self) -> str:
         return "; ".join(i.diagnostics for i in self.issues)

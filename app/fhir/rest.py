@@ -166,6 +166,7 @@ class FastRead:
                     response = await read_interaction(self.service, request, m.group(1),
                                                       m.group(2))
                 except FhirError as exc:
+                    await self.service.audit_refusals(exc)
                     response = Response(outcome_bytes(exc.issues), status_code=exc.status,
                                         headers=exc.headers, media_type=FHIR_JSON)
                 await response(scope, receive, send)
@@ -360,6 +361,18 @@ def build_router(service: FhirService) -> APIRouter:
                                       request: Request) -> Response:
         return await _operation(request, type_, id_, op, await request.body())
 
+    @router.get("/{type_}/{id_}/_history/{vid}/{op}", tags=["instance"])
+    async def version_operation(type_: TypeParam, id_: IdParam, vid: str, op: str,
+                                request: Request) -> Response:
+        """`$verify` of one resource version against its anchor on chain."""
+        pretty = negotiate(request)
+        call = await make_call(request, service)
+        if op != "$verify" or service.audit_events is None:
+            service.check_type(type_)
+            raise error(404, "not-supported", f"operation {op!r} is not supported on a "
+                        "resource version; $verify is")
+        return render(await service.audit_events.verify_version(call, type_, id_, vid), pretty)
+
     async def _operation(request: Request, type_: str, id_: str | None, op: str,
                          body: bytes | None) -> Response:
         pretty = negotiate(request)
@@ -371,6 +384,9 @@ def build_router(service: FhirService) -> APIRouter:
             result = await validate_operation(service, call, type_, id_, body, params)
         elif op == "$everything" and type_ == "Patient" and id_ is not None:
             result = await everything_operation(service, call, id_, params)
+        elif op == "$verify" and type_ == "AuditEvent" and id_ is not None \
+                and service.audit_events is not None:
+            result = await service.audit_events.verify_event(call, id_)
         else:
             service.check_type(type_)
             where = f"{type_}/{id_}" if id_ else type_

@@ -19,7 +19,7 @@ from starlette.requests import HTTPConnection
 
 from app.auth.scopes import ScopeSet
 from app.search.query import Clause, SearchQuery
-from app.storage.base import StoredVersion
+from app.storage.base import StoredVersion, UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,11 @@ class AuditRecord:
     principal: Principal
     interaction: Interaction
     status: int
-    entities: list[tuple[str, str, int]] = field(default_factory=list)  # (type, id, version)
+    # every resource version the interaction touched: returned, included or written
+    versions: list[StoredVersion] = field(default_factory=list)
+    written: bool = False  # `versions` were written by this interaction (anchor them)
+    query: str | None = None  # a search's or history's query string, as the client sent it
+    detail: str | None = None  # why it failed, for outcomes other than success
 
 
 class Authenticator(Protocol):
@@ -119,7 +123,14 @@ class Authorizer(Protocol):
 
 
 class Auditor(Protocol):
-    async def record(self, record: AuditRecord) -> None: ...
+    async def record(self, record: AuditRecord, tx: UnitOfWork | None = None) -> None:
+        """Record what was done: inside `tx` when given (a write: the AuditEvent commits or
+        rolls back with it), durably before returning otherwise."""
+        ...
+
+    async def admit_write(self) -> None:
+        """Raise `FhirError(503)` when writes must wait for the chain (fail-closed policy)."""
+        ...
 
 
 class AnonymousAuthenticator:
@@ -154,7 +165,10 @@ class AllowAll:
 
 
 class NoAudit:
-    async def record(self, record: AuditRecord) -> None:
+    async def record(self, record: AuditRecord, tx: UnitOfWork | None = None) -> None:
+        return None
+
+    async def admit_write(self) -> None:
         return None
 
 

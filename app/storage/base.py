@@ -73,6 +73,60 @@ class WriteResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One AuditEvent as stored (`app/audit/`): its hashed JSON and its 65-byte chain entry."""
+
+    id: str
+    recorded_ms: int
+    patient: str | None  # Patient id (kept off chain)
+    action: str  # C R U D E
+    outcome: str  # 0 4 8 12
+    agent: str | None  # "Practitioner/…", "Patient/…" or None
+    client: str | None
+    body: bytes  # canonical JSON of the AuditEvent without meta and proof
+    entry: bytes  # entryHash | patientHash | action code
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A chain entry other than an access: a resource-version anchor or a consent decision."""
+
+    kind: str  # version | consent
+    ref: str  # Type/id/_history/version
+    payload: bytes
+    recorded_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProof:
+    chain_id: int
+    contract: str
+    tx_hash: str
+    block: int
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAudit:
+    seq: int
+    row: AuditRow
+    proof: ChainProof | None  # None while in the outbox or not yet confirmed
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    patient: str | None = None
+    agent: str | None = None
+    client: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    since_ms: int | None = None  # recorded at or after
+    until_ms: int | None = None  # recorded before
+    before_seq: int | None = None  # paging cursor (newest first)
+    count: int = 20
+
+
 class UnitOfWork(Protocol):
     """Reads and writes inside one atomic transaction. Commits when the context exits cleanly."""
 
@@ -96,6 +150,10 @@ class UnitOfWork(Protocol):
         ...
 
     async def new_id(self) -> str: ...
+
+    async def append_audit(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> None:
+        """Store AuditEvents and chain entries in this unit of work (with what they record)."""
+        ...
 
 
 class Store(Protocol):
@@ -123,6 +181,28 @@ class Store(Protocol):
     async def everything(self, patient_id: str, types: Sequence[str] | None, since: str | None,
                          ) -> list[tuple[str, str]]:
         """(type, id) of every current resource in the Patient compartment of `patient_id`."""
+        ...
+
+
+    async def append_audit(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> None:
+        """Store AuditEvents and chain entries durably (group-committed); returns once they are
+        committed."""
+        ...
+
+    async def audit_get(self, id_: str) -> StoredAudit | None: ...
+
+    async def audit_search(self, query: AuditQuery) -> tuple[list[StoredAudit], int]:
+        """Matching AuditEvents, newest first, at most `query.count`; and the total."""
+        ...
+
+    async def version_proof(self, type_: str, id_: str, version: int,
+                            ) -> tuple[bytes, ChainProof | None] | None:
+        """The queued anchor entry of a resource version and its proof once confirmed; None
+        when the version was never queued (written before auditing)."""
+        ...
+
+    async def oldest_unanchored_ms(self) -> int | None:
+        """When the oldest entry still waiting for the chain was recorded (None: none waits)."""
         ...
 
 

@@ -12,6 +12,66 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 1
 
+# The audit trail and the chain outbox (docs/chain.md). An `audit` row is an AuditEvent and, while
+# `batch` is NULL, its access entry waiting in the outbox; `chain_outbox` holds the other entries
+# (resource-version anchors, consent decisions). `chain_batch` is one transaction sent by the
+# anchoring worker: the proof of every row assigned to it (log index = first_log + pos).
+AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    recorded_ms INTEGER NOT NULL,
+    patient TEXT,
+    action TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    agent TEXT,
+    client TEXT,
+    body BLOB NOT NULL,
+    entry BLOB NOT NULL,
+    batch INTEGER,
+    pos INTEGER
+);
+CREATE INDEX IF NOT EXISTS audit_patient ON audit(patient, seq) WHERE patient IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_pending ON audit(seq) WHERE batch IS NULL;
+CREATE INDEX IF NOT EXISTS audit_batch ON audit(batch, pos) WHERE batch IS NOT NULL;
+CREATE TABLE IF NOT EXISTS chain_outbox(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    batch INTEGER,
+    pos INTEGER
+);
+CREATE INDEX IF NOT EXISTS chain_outbox_pending ON chain_outbox(kind, seq) WHERE batch IS NULL;
+CREATE INDEX IF NOT EXISTS chain_outbox_ref ON chain_outbox(ref);
+CREATE INDEX IF NOT EXISTS chain_outbox_batch ON chain_outbox(batch, pos)
+    WHERE batch IS NOT NULL;
+CREATE TABLE IF NOT EXISTS chain_batch(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    chain_id INTEGER NOT NULL,
+    contract TEXT NOT NULL,
+    nonce INTEGER NOT NULL,
+    raw_tx BLOB NOT NULL,
+    tx_hash TEXT NOT NULL,
+    state TEXT NOT NULL,
+    entries INTEGER NOT NULL,
+    block INTEGER,
+    first_log INTEGER,
+    created_ms INTEGER NOT NULL,
+    mined_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS chain_batch_state ON chain_batch(state, id);
+CREATE TABLE IF NOT EXISTS chain_lease(
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS resource(
@@ -76,7 +136,7 @@ CREATE TABLE IF NOT EXISTS ix_composite(rid INTEGER NOT NULL, pid INTEGER NOT NU
                                         c3_lo REAL, c3_hi REAL);
 CREATE INDEX IF NOT EXISTS ix_composite_v ON ix_composite(pid, c1_code, c2_code);
 CREATE INDEX IF NOT EXISTS ix_composite_r ON ix_composite(rid, pid);
-"""
+""" + AUDIT_SCHEMA
 
 INDEX_TABLES = ("ix_string", "ix_token", "ix_date", "ix_number", "ix_quantity", "ix_reference",
                 "ix_uri", "ix_composite")

@@ -242,6 +242,8 @@ def _routes() -> list[tuple[str, str, bytes | None]]:
         ("GET", "/fhir/Patient/_history", None),
         ("GET", "/fhir/Patient/p1/_history", None),
         ("GET", "/fhir/Patient/p1/_history/1", None),
+        ("GET", "/fhir/Patient/p1/_history/1/$verify", None),
+        ("GET", "/fhir/AuditEvent/a1/$verify", None),
         ("POST", "/fhir", bundle),
         ("GET", "/fhir/Patient/p1/$everything", None),
         ("POST", "/fhir/Patient/$validate", resource),

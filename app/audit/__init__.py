@@ -1,0 +1,1 @@
+"""The audit trail: AuditEvents of every interaction, their chain entries and verification."""

@@ -1,0 +1,187 @@
+"""The auditor of the FHIR pipeline: every interaction becomes AuditEvents and chain entries.
+
+`ChainAuditor.record` turns an `AuditRecord` into one AuditEvent per patient touched (see
+`app/audit/events.py`), each with its 65-byte access entry, and, for writes, a version anchor per
+written version and the consent decisions of written Consents. A write's rows go into its own
+unit of work (they commit or roll back with it); a read's are group-committed before the
+response leaves (`SqliteStore.append_audit`), so no access is answered unrecorded. The anchoring
+worker (`app/chain/anchorer.py`) takes them from there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from app.audit import events
+from app.audit.hashing import Keyer, access_entry, canonical_json, sha256, version_entry
+from app.auth.compartment import PatientCompartment
+from app.fhir.outcome import error
+from app.pipeline.hooks import AuditRecord, Principal
+from app.search.dates import format_instant_ms
+from app.storage.base import AuditRow, OutboxRow, Store, StoredVersion, UnitOfWork
+
+log = logging.getLogger("yilian.audit")
+
+# (type, id, version) -> patient ids: versions never change, so this never goes stale
+_CACHE_SIZE = 100_000
+
+ConsentDecisions = Callable[[dict[str, Any], bytes, Keyer], list[tuple[str, bytes]]]
+
+
+def _consent_decisions() -> ConsentDecisions | None:
+    try:
+        from app.consent.chain import decisions_of
+    except ImportError:  # pragma: no cover - the consent module is part of the product
+        return None
+    return decisions_of
+
+
+class ChainAuditor:
+    """`Auditor` (app/pipeline/hooks.py) that stores AuditEvents and queues chain entries."""
+
+    def __init__(self, store: Store, keyer: Keyer, compartment: PatientCompartment, *,
+                 source: str, fail_closed: bool = False, fail_closed_lag_seconds: int = 30,
+                 chain_enabled: bool = True) -> None:
+        self.store = store
+        self.keyer = keyer
+        self.compartment = compartment
+        self.source = source
+        self.fail_closed = fail_closed and chain_enabled
+        self.fail_closed_lag_ms = fail_closed_lag_seconds * 1000
+        self._patients: OrderedDict[tuple[str, str, int], tuple[str, ...]] = OrderedDict()
+        self._patient_keys: dict[str, bytes] = {}
+        self._lag_checked = 0.0
+        self._lag_ok = True
+        self._consents = _consent_decisions()
+        # AuditEvent ids: a random prefix per process and a counter (unique across workers and
+        # restarts without a UUID per read)
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count(1)
+
+    def new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    # -- the pipeline hook ----------------------------------------------------------------
+
+    async def record(self, record: AuditRecord, tx: UnitOfWork | None = None) -> None:
+        now_ms = int(time.time() * 1000)
+        recorded = format_instant_ms(now_ms)
+        audit = [self._row(event, now_ms, patient, record.principal)
+                 for patient, event in self._events(record, recorded)]
+        outbox = self._anchors(record.versions, now_ms) if record.written else []
+        if tx is not None:
+            await tx.append_audit(audit, outbox)
+        else:
+            await self.store.append_audit(audit, outbox)
+
+    async def auth_event(self, *, subtype: str, success: bool, client_id: str | None,
+                         user: str | None, patient: str | None, address: str | None,
+                         scopes: str | None = None, detail: str | None = None) -> None:
+        """An authorization event (token issued, refreshed or revoked; authorization approved
+        or denied) as an AuditEvent and chain entry."""
+        if subtype not in events.AUTH_SUBTYPES:
+            raise ValueError(f"unknown auth event {subtype!r}")
+        principal = Principal(subject=user, client_id=client_id, address=address,
+                              anonymous=user is None and client_id is None, fhir_user=user,
+                              patient=patient)
+        now_ms = int(time.time() * 1000)
+        event = events.auth_event(self.new_id(), format_instant_ms(now_ms), subtype,
+                                  success, principal, patient, self._patient_key(patient),
+                                  self.source, scopes, detail)
+        await self.store.append_audit([self._row(event, now_ms, patient, principal)], [])
+
+    async def admit_write(self) -> None:
+        """Fail-closed policy (YILIAN_AUDIT_FAIL_CLOSED): refuse writes while the oldest
+        unanchored entry is older than the configured lag. Checked at most once a second."""
+        if not self.fail_closed:
+            return
+        now = time.monotonic()
+        if now - self._lag_checked >= 1.0:
+            self._lag_checked = now
+            oldest = await self.store.oldest_unanchored_ms()
+            self._lag_ok = oldest is None or \
+                time.time() * 1000 - oldest < self.fail_closed_lag_ms
+        if not self._lag_ok:
+            raise error(503, "transient", "writes are paused: the audit chain has not confirmed "
+                        f"entries for more than {self.fail_closed_lag_ms // 1000} s "
+                        "(YILIAN_AUDIT_FAIL_CLOSED is on); reads go on; retry later",
+                        headers={"Retry-After": "5"})
+
+    # -- building -------------------------------------------------------------------------
+
+    def _events(self, record: AuditRecord, recorded: str,
+                ) -> list[tuple[str | None, dict[str, Any]]]:
+        groups: dict[str | None, list[StoredVersion]] = {}
+        for v in record.versions:
+            patients = self.patients_of(v)
+            if not patients:
+                groups.setdefault(None, []).append(v)
+            for p in patients:
+                groups.setdefault(p, []).append(v)
+        if not groups:
+            it = record.interaction
+            patient = record.principal.patient or (
+                it.resource_id if it.resource_type == "Patient" else None)
+            groups[patient] = []
+        out = []
+        for patient, versions in groups.items():
+            event = events.rest_event(self.new_id(), recorded, record.interaction,
+                                      record.status, record.principal, patient,
+                                      self._patient_key(patient), versions, self.source,
+                                      record.query, record.detail)
+            out.append((patient, event))
+        return out
+
+    def _row(self, event: dict[str, Any], now_ms: int, patient: str | None,
+             principal: Principal) -> AuditRow:
+        body = canonical_json(event)
+        key = self._patient_key(patient)
+        return AuditRow(event["id"], now_ms, patient, event["action"], event["outcome"],
+                        principal.fhir_user or principal.subject, principal.client_id, body,
+                        access_entry(sha256(body), key, event["action"]))
+
+    def _anchors(self, versions: Sequence[StoredVersion], now_ms: int) -> list[OutboxRow]:
+        out = []
+        for v in versions:
+            ref = f"{v.type}/{v.id}/_history/{v.version}"
+            out.append(OutboxRow("version", ref, version_entry(
+                self.keyer.version(v.type, v.id, v.version), v.body), now_ms))
+            if v.type == "Consent" and not v.deleted and self._consents is not None:
+                consent = orjson.loads(v.body)
+                for _, payload in self._consents(consent, v.body, self.keyer):
+                    out.append(OutboxRow("consent", ref, payload, now_ms))
+        return out
+
+    def _patient_key(self, patient: str | None) -> bytes:
+        if patient is None:
+            return self.keyer.patient(None)
+        key = self._patient_keys.get(patient)
+        if key is None:
+            if len(self._patient_keys) > _CACHE_SIZE:
+                self._patient_keys.clear()
+            key = self._patient_keys[patient] = self.keyer.patient(patient)
+        return key
+
+    def patients_of(self, v: StoredVersion) -> tuple[str, ...]:
+        """Ids of the patients whose compartment holds version `v` (a deletion: none, unless it
+        is a Patient)."""
+        if v.type == "Patient":
+            return (v.id,)
+        if v.deleted or v.type not in self.compartment.member_types():
+            return ()
+        key = (v.type, v.id, v.version)
+        found = self._patients.get(key)
+        if found is None:
+            found = tuple(sorted(self.compartment.patients_of(orjson.loads(v.body))))
+            self._patients[key] = found
+            if len(self._patients) > _CACHE_SIZE:
+                self._patients.popitem(last=False)
+        return found
