@@ -24,6 +24,13 @@ Routes (the issuer is `http://<host>/auth`, `routes_token.AuthUrls`):
 
 Every form carries a CSRF token (`sessions.Csrf`) and every POST is refused when its `Origin`
 is not ours. Page forms are parsed as urlencoded (repeated `scope` allowed), 64 kB at most.
+
+Records of each decision (`app/consent`): an approval with a patient in context writes the
+active Consent naming the app, the granted and the deselected scopes (`consent/records.py`)
+BEFORE the code is issued — if it cannot be written the user gets an error page and the app no
+code; a denial writes a rejected Consent; a grant revoked on `/manage` gets the inactive
+version of its Consent. Each approval, denial and revocation is also an authorization event of
+the audit trail (`routes_token.record_auth_event`).
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ from app.auth.grants import (
     FormRequest,
     SmartAuthorizationServer,
     build_server,
+    grant_expiry,
+    new_grant_id,
     origin_of,
     user_scope,
 )
@@ -65,7 +74,13 @@ from app.auth.launch import (
 from app.auth.pages import STATIC, Pages, choose_lang
 from app.auth.passwords import Passwords
 from app.auth.rfc7523_backend import JwksFetcher
-from app.auth.routes_token import AuthUrls, read_body
+from app.auth.routes_token import (
+    AuthUrls,
+    client_address,
+    read_body,
+    record_auth_event,
+    record_grant_revoked,
+)
 from app.auth.scopes import (
     ClinicalScope,
     ScopeSet,
@@ -84,9 +99,10 @@ from app.auth.sessions import (
     origin_allowed,
     pre_session_binding,
 )
-from app.auth.store import AuthRequest, AuthStore, Client, Session, User
+from app.auth.store import AuthRequest, AuthStore, Client, Grant, Session, User
 from app.auth.throttle import WINDOW_SECONDS, LoginThrottle
 from app.config import Settings
+from app.consent.smart import SmartConsents
 from app.fhir.interactions import FhirService
 
 log = logging.getLogger("yilian.auth.authorize")
@@ -198,6 +214,7 @@ def build_authorize_router(keyring: Keyring, settings: Settings, *, service: Fhi
     secure = urls.issuer.startswith("https://")
     idle = settings.session_idle_minutes * 60.0
     pages = Pages(urls.issuer + "/static")
+    consents = SmartConsents(service)
     router = APIRouter()
     passwords: list[Passwords] = []  # made on first sign-in: hashing a dummy costs ~50 ms
 
@@ -529,20 +546,29 @@ def build_authorize_router(keyring: Keyring, settings: Settings, *, service: Fhi
             raise PageError("bad_redirect")
         state = parked.params.get("state")
         await run_in_threadpool(auth_store.delete_auth_request, parked.request_id)
+        requested = user_scope(parked.params.get("scope"), client.scope)
         if form.get("decision") != "approve":
             log.info("user %s denied client %s", session.username, client.client_id)
+            await record_denial(request, parked, session, client, requested, form)
             return _redirect_error(redirect_uri, "access_denied",
                                    "the user did not allow access", state)
-        requested = user_scope(parked.params.get("scope"), client.scope)
         approved = chosen_scopes(requested, {v for k, v in pairs if k == "scope"})
         patient, encounter = await launch_context(parked, session, approved, form)
+        server = server_for(auth_store, request)
+        now = clock()
         approval = Approval(username=session.username, fhir_user=session.fhir_user,
                             session_hash=session.session_hash, patient=patient,
                             encounter=encounter, ehr_launch=parked.ehr_launch,
-                            auth_time=session.created)
+                            auth_time=session.created, grant_id=new_grant_id(),
+                            granted_at=now,
+                            expires=grant_expiry(approved, now,
+                                                 offline_seconds=server.offline_refresh_seconds,
+                                                 session_seconds=server.session_seconds))
         params = {**parked.params, "scope": approved.to_string()}
-        server = server_for(auth_store, request)
         oauth_request = FormRequest("GET", url("authorize"), request.headers, params)
+
+        def validate() -> None:
+            server.get_authorization_grant(oauth_request).validate_authorization_request()
 
         def issue() -> tuple[int, Any, list[tuple[str, str]]]:
             grant = server.get_authorization_grant(oauth_request)
@@ -552,17 +578,82 @@ def build_authorize_router(keyring: Keyring, settings: Settings, *, service: Fhi
             return result
 
         try:
-            status, _, headers = await run_in_threadpool(issue)
+            await run_in_threadpool(validate)
         except OAuth2Error as exc:
             return _redirect_error(redirect_uri, exc.error,
                                    exc.get_error_description() or exc.error, state)
+        if patient is not None:
+            try:  # the record of the decision first: no Consent, no code
+                await consents.approved(
+                    grant_id=approval.grant_id, client=client, fhir_user=session.fhir_user,
+                    patient=patient, requested=requested, granted=approved, start=now,
+                    end=approval.expires or now, address=client_address(request))
+            except Exception:
+                log.exception("could not record the Consent of user %s for client %s; no "
+                              "code issued", session.username, client.client_id)
+                raise PageError("unavailable", 503) from None
+        try:
+            status, _, headers = await run_in_threadpool(issue)
+        except OAuth2Error as exc:
+            await withdraw(request, approval, client)
+            return _redirect_error(redirect_uri, exc.error,
+                                   exc.get_error_description() or exc.error, state)
+        except Exception:
+            await withdraw(request, approval, client)
+            raise
         location = dict(headers).get("Location")
         if status != 302 or not location:
+            await withdraw(request, approval, client)
             raise PageError("bad_request")
+        if "code" not in dict(parse_qsl(urlsplit(location).query)):
+            await withdraw(request, approval, client)  # Authlib answered with an error
+            return RedirectResponse(location, status_code=303,
+                                    headers={"Cache-Control": "no-store"})
         log.info("user %s approved client %s: %s", session.username, client.client_id,
                  approved.to_string())
+        await record_auth_event(request, subtype="authorization-approved", success=True,
+                                client_id=client.client_id, user=session.fhir_user,
+                                patient=patient, scopes=approved.to_string())
         return RedirectResponse(location, status_code=303,
                                 headers={"Cache-Control": "no-store"})
+
+    async def withdraw(request: Request, approval: Approval, client: Client) -> None:
+        """The approval's Consent once its code could not be issued after all: inactive."""
+        if approval.patient is None:
+            return
+        grant = Grant(grant_id=approval.grant_id, client_id=client.client_id,
+                      username=approval.username, fhir_user=approval.fhir_user, scope="",
+                      created=approval.granted_at or 0.0, expires=approval.expires or 0.0,
+                      patient=approval.patient)
+        try:
+            await consents.revoked(grant, clock(), address=client_address(request))
+        except Exception:
+            log.exception("could not withdraw the Consent of grant %s", approval.grant_id)
+
+    async def record_denial(request: Request, parked: AuthRequest, session: Session,
+                            client: Client, requested: ScopeSet,
+                            form: dict[str, str]) -> None:
+        """The rejected Consent (when a patient is in context) and the denial event. A failure
+        to write them is logged: the app gets no access either way."""
+        if parked.ehr_launch:
+            patient = parked.launch_patient
+        elif is_patient_user(session):
+            patient = own_patient(session)
+        else:
+            chosen = form.get("patient")
+            patient = chosen if chosen and await patient_exists(service, chosen) else None
+        if patient is not None:
+            try:
+                await consents.denied(client=client, fhir_user=session.fhir_user,
+                                      patient=patient, requested=requested, at=clock(),
+                                      address=client_address(request))
+            except Exception:
+                log.exception("could not record the denial of user %s for client %s",
+                              session.username, client.client_id)
+        await record_auth_event(request, subtype="authorization-denied", success=False,
+                                client_id=client.client_id, user=session.fhir_user,
+                                patient=patient, scopes=requested.to_string(),
+                                detail="the user did not allow access")
 
     async def launch_context(parked: AuthRequest, session: Session, approved: ScopeSet,
                              form: dict[str, str]) -> tuple[str | None, str | None]:
@@ -661,7 +752,10 @@ def build_authorize_router(keyring: Keyring, settings: Settings, *, service: Fhi
                 grant = await run_in_threadpool(auth_store.get_grant,
                                                 form.get("grant_id", ""))
                 if grant is not None and grant.username == session.username:
-                    await run_in_threadpool(auth_store.revoke_grant, grant.grant_id, clock())
+                    now = clock()
+                    if await run_in_threadpool(auth_store.revoke_grant, grant.grant_id, now):
+                        await record_grant_revoked(request, auth_store, grant.grant_id,
+                                                   "revoked by the user", now)
                     log.info("user %s revoked grant %s", session.username, grant.grant_id)
                 return RedirectResponse(url("manage"), status_code=303,
                                         headers={"Cache-Control": "no-store"})

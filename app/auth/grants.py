@@ -19,6 +19,10 @@ Authlib defaults overridden for SMART (each has a test in tests/auth/test_securi
   e.g. `patient/Observation.r` inside `patient/Observation.rs`), not Authlib's string subsets.
 - The scope ceiling: `get_allowed_scope` keeps only what the client is registered for and never
   a `system/` scope (those are for backend services).
+- The grant id, start and expiry can be chosen before the code is issued (`Approval.grant_id`,
+  `new_grant_id`, `grant_expiry`): the approval page writes the grant's Consent first.
+  Revocations made inside a token request (replayed code or refresh token) are listed in
+  `SmartAuthorizationServer.revoked` for the token route to record (Consent, audit event).
 - `InsecureTransportError.check` is not applied to the request URL: the public URL is our own
   `settings.base_url`, whose transport is the deployment's business (TLS ends at the proxy), and
   the tests run on `http://testserver`.
@@ -150,6 +154,25 @@ class Approval:
     encounter: str | None
     ehr_launch: bool
     auth_time: float
+    # Chosen before the code is issued, so the grant's Consent (`app/consent`) can be written
+    # first and name it: the grant id, its start and its expiry (`grant_expiry`).
+    grant_id: str = ""
+    granted_at: float | None = None
+    expires: float | None = None
+
+
+def new_grant_id() -> str:
+    """A grant id: 128 random bits as 32 hex digits (also a valid FHIR id part, so the grant's
+    Consent id can be derived from it)."""
+    return secrets.token_hex(16)
+
+
+def grant_expiry(scope: ScopeSet, now: float, *, offline_seconds: float,
+                 session_seconds: float) -> float:
+    """When a grant of `scope` made at `now` ends: `online_access` (without
+    `offline_access`) lasts as long as a session can, anything else `offline_seconds`."""
+    online = "online_access" in scope.other and "offline_access" not in scope.other
+    return now + (session_seconds if online else offline_seconds)
 
 
 @dataclass(frozen=True)
@@ -234,13 +257,16 @@ class SmartCodeGrant(AuthorizationCodeGrant):
         server = self.server
         approval: Approval = request.user
         client: SmartClient = request.client
-        now = server.clock()
+        now = approval.granted_at if approval.granted_at is not None else server.clock()
         scope = parse_scopes(request.scope).scopes
         online = "online_access" in scope.other and "offline_access" not in scope.other
-        lifetime = server.offline_refresh_seconds if not online else server.session_seconds
-        grant = Grant(grant_id=secrets.token_urlsafe(16), client_id=client.get_client_id(),
+        expires = approval.expires if approval.expires is not None else grant_expiry(
+            scope, now, offline_seconds=server.offline_refresh_seconds,
+            session_seconds=server.session_seconds)
+        grant = Grant(grant_id=approval.grant_id or new_grant_id(),
+                      client_id=client.get_client_id(),
                       username=approval.username, fhir_user=approval.fhir_user,
-                      scope=scope.to_string(), created=now, expires=now + lifetime,
+                      scope=scope.to_string(), created=now, expires=expires,
                       patient=approval.patient, encounter=approval.encounter,
                       ehr_launch=approval.ehr_launch,
                       session_hash=approval.session_hash if online else None)
@@ -249,7 +275,8 @@ class SmartCodeGrant(AuthorizationCodeGrant):
         server.store.add_code(AuthCode(
             code_hash=hash_secret(code), client_id=grant.client_id,
             redirect_uri=request.payload.redirect_uri or "", grant_id=grant.grant_id,
-            scope=grant.scope, expires=now + server.code_seconds, auth_time=approval.auth_time,
+            scope=grant.scope, expires=server.clock() + server.code_seconds,
+            auth_time=approval.auth_time,
             nonce=data.get("nonce"), code_challenge=data.get("code_challenge"),
             code_challenge_method=data.get("code_challenge_method")))
 
@@ -260,7 +287,7 @@ class SmartCodeGrant(AuthorizationCodeGrant):
             return None
         if not first_use:
             # RFC 6749 §4.1.2: a code used twice revokes what it issued
-            store.revoke_grant(record.grant_id, now)
+            self.server.revoke_grant(record.grant_id, "authorization code replayed")
             log.warning("authorization code replayed for client %s: grant %s revoked",
                         record.client_id, record.grant_id)
             return None
@@ -289,7 +316,8 @@ class SmartRefreshGrant(RefreshTokenGrant):
         if record is None:
             return None
         if record.used_at is not None:
-            store.revoke_grant(record.grant_id, now)  # a rotated token came back: stolen
+            # a rotated token came back: stolen
+            self.server.revoke_grant(record.grant_id, "used refresh token presented")
             log.warning("used refresh token presented for client %s: grant %s revoked",
                         record.client_id, record.grant_id)
             return None
@@ -330,7 +358,8 @@ class SmartRefreshGrant(RefreshTokenGrant):
         token: RefreshRecord = self.request.refresh_token
         store, now = self.server.store, self.server.clock()
         if not store.use_refresh_token(token.record.token_hash, now):
-            store.revoke_grant(token.grant.grant_id, now)  # lost a race with another use
+            # lost a race with another use
+            self.server.revoke_grant(token.grant.grant_id, "refresh token used twice")
             raise InvalidGrantError("the refresh token was used already")
         user = GrantUser(token.grant)
         self.request.user = user
@@ -370,6 +399,9 @@ class SmartAuthorizationServer(AuthorizationServer):
         self.session_alive = session_alive
         self.jwks_fetcher = jwks_fetcher
         self.clock = clock
+        # Grants this request revoked (a replayed code or refresh token) and why: the token
+        # route records each one's revocation (Consent, audit) once Authlib has answered.
+        self.revoked: list[tuple[str, str]] = []
         self.register_grant(SmartCodeGrant, [
             S256CodeChallenge(required=True),
             SmartOpenIDCode(keyring=keyring, issuer=issuer, fhir_base=fhir_base,
@@ -377,6 +409,11 @@ class SmartAuthorizationServer(AuthorizationServer):
         self.register_grant(SmartRefreshGrant)
         self.register_token_generator("default", self.generate_bearer_token)
         self.register_client_auth_method("private_key_jwt", self._private_key_jwt)
+
+    def revoke_grant(self, grant_id: str, reason: str) -> None:
+        """Revoke a grant now and remember it in `revoked` when this call revoked it."""
+        if self.store.revoke_grant(grant_id, self.clock()):
+            self.revoked.append((grant_id, reason))
 
     def user_active(self, grant: Grant) -> bool:
         """The grant's user still exists, is not disabled and is still the same person."""

@@ -50,6 +50,14 @@ grant's), `client_id`, `sub`, `iss`, `exp`, `token_type` "refresh_token", `fhirU
 launch context. An access token answers `active`, `scope`, `client_id`, `sub`,
 `iss`, `aud`, `iat`, `exp`, `jti`, `token_type` "Bearer" and `nbf`, `patient`, `encounter`,
 `fhirUser` (as an absolute URL, as in the id_token) when the token has them.
+
+Records. Every token issued or refused (authorization_code, client_credentials), refreshed or
+refused, and every revocation is an authorization event of the audit trail
+(`record_auth_event`: AuditEvent type DCM 110114 User Authentication, on chain like every
+access). A grant revoked here — its refresh token revoked, or a replayed code or refresh token
+(`grants.py`) — also gets the inactive version of its Consent (`app/consent/smart.py`); the
+revocation itself has already taken effect in the auth store, so a failure to write either is
+logged and never undoes it.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ from app.auth.keys import Keyring
 from app.auth.rfc7523_backend import JwksFetcher, OAuthError, check_client_assertion
 from app.auth.scopes import narrow, parse_scopes
 from app.auth.store import AuthStore, Client, hash_secret
+from app.consent.smart import SmartConsents
 
 log = logging.getLogger("yilian.auth.token")
 
@@ -155,6 +164,50 @@ def _unavailable() -> Response:
     return _json({"error": "temporarily_unavailable",
                   "error_description": "the authorization server cannot answer right now; "
                                        "try again shortly"}, 503, {"Retry-After": "5"})
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def record_auth_event(request: Request, *, subtype: str, success: bool,
+                            client_id: str | None, user: str | None = None,
+                            patient: str | None = None, scopes: str | None = None,
+                            detail: str | None = None) -> None:
+    """An authorization event for the audit trail (`app.state.audit.auth_event`: subtype
+    token-issued, token-refreshed, token-revoked, authorization-approved or
+    authorization-denied; `user` the fhirUser reference, `patient` the Patient id). Never
+    raises: the decision it records has been made already."""
+    auth_event = getattr(getattr(request.app.state, "audit", None), "auth_event", None)
+    if auth_event is None:  # auditing off
+        return
+    try:
+        await auth_event(subtype=subtype, success=success, client_id=client_id, user=user,
+                         patient=patient, address=client_address(request), scopes=scopes,
+                         detail=detail)
+    except Exception:
+        log.exception("could not record the %s event of client %s", subtype, client_id)
+
+
+async def record_grant_revoked(request: Request, auth_store: AuthStore, grant_id: str,
+                               reason: str, now: float, *,
+                               acting_client: str | None = None) -> None:
+    """What follows a grant's revocation: the inactive version of its Consent and the
+    token-revoked event. `acting_client`: the client that revoked it (RFC 7009), None when
+    the user or the server did. Never raises (the grant is revoked already)."""
+    grant = None
+    try:
+        grant = await run_in_threadpool(auth_store.get_grant, grant_id)
+        if grant is not None:
+            await SmartConsents(request.app.state.service).revoked(
+                grant, now, client_id=acting_client, address=client_address(request))
+    except Exception:
+        log.exception("could not record the revocation of grant %s in its Consent", grant_id)
+    await record_auth_event(request, subtype="token-revoked", success=True,
+                            client_id=grant.client_id if grant else None,
+                            user=grant.fhir_user if grant else None,
+                            patient=grant.patient if grant else None,
+                            scopes=grant.scope if grant else None, detail=reason)
 
 
 async def read_body(request: Request, limit: int, too_big: Exception) -> bytes:
@@ -232,6 +285,7 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
 
     @router.post(TOKEN_PATH, include_in_schema=False)
     async def token(request: Request) -> Response:
+        client: Client | None = None
         try:
             form = await read_form(request)
             grant_type = form.get("grant_type")
@@ -270,6 +324,9 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
                 client_id=client.client_id, scope=granted, subject=client.client_id,
                 lifetime=BACKEND_TOKEN_SECONDS, now=clock())
         except OAuthError as exc:
+            await record_auth_event(request, subtype="token-issued", success=False,
+                                    client_id=client.client_id if client else None,
+                                    detail=exc.error)
             return _error(exc, request)
         except _NotOpen:
             return _unavailable()
@@ -278,6 +335,8 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
             return _unavailable()
         log.info("issued a backend access token to client %s for %s", client.client_id,
                  granted.to_string())
+        await record_auth_event(request, subtype="token-issued", success=True,
+                                client_id=client.client_id, scopes=granted.to_string())
         return _json({"access_token": access_token, "token_type": "Bearer",
                       "expires_in": BACKEND_TOKEN_SECONDS, "scope": granted.to_string()})
 
@@ -305,7 +364,10 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
         oauth_request = FormRequest("POST", urls.token, request.headers, form)
         status, body, headers = await run_in_threadpool(server.create_token_response,
                                                         oauth_request)
+        for grant_id, reason in server.revoked:
+            await record_grant_revoked(request, auth_store, grant_id, reason, clock())
         extra = {k: v for k, v in headers if k.lower() == "www-authenticate"}
+        failed = isinstance(body, dict) and "error" in body
         if isinstance(body, dict) and "error" in body:
             body = {"error": body["error"],
                     "error_description": body.get("error_description") or body["error"]}
@@ -314,6 +376,18 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
         elif status == 200:
             log.info("issued a user-flow token (%s) to client %s", form.get("grant_type"),
                      form.get("client_id", "(authenticated)"))
+        grant = getattr(oauth_request.user, "grant", None)
+        authenticated = oauth_request.client
+        await record_auth_event(
+            request,
+            subtype="token-refreshed" if form.get("grant_type") == "refresh_token"
+            else "token-issued",
+            success=status == 200 and not failed,
+            client_id=authenticated.get_client_id() if authenticated is not None else None,
+            user=grant.fhir_user if grant is not None else None,
+            patient=grant.patient if grant is not None else None,
+            scopes=body.get("scope") if isinstance(body, dict) and not failed else None,
+            detail=body.get("error") if isinstance(body, dict) and failed else None)
         return _json(body if isinstance(body, dict) else {}, status, extra)
 
     async def authenticate_any(request: Request, form: dict[str, str], *,
@@ -407,13 +481,21 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
                 await run_in_threadpool(auth_store.revoke, jti=claims.jti,
                                         until=float(claims.expires_at))
                 log.info("client %s revoked access token %s", client.client_id, claims.jti)
+                await record_auth_event(request, subtype="token-revoked", success=True,
+                                        client_id=client.client_id, user=claims.fhir_user,
+                                        patient=claims.patient, scopes=claims.scope.to_string(),
+                                        detail="access token revoked by the client")
             else:
                 found = await run_in_threadpool(own_refresh, value, client, auth_store)
                 if found is not None:
                     # a refresh token stands for its grant: revoke the grant, its refresh
                     # tokens and every access token issued under it (`gid`)
-                    await run_in_threadpool(auth_store.revoke_grant, found[1].grant_id,
-                                            clock())
+                    now = clock()
+                    if await run_in_threadpool(auth_store.revoke_grant, found[1].grant_id,
+                                               now):
+                        await record_grant_revoked(request, auth_store, found[1].grant_id,
+                                                   "refresh token revoked by the client", now,
+                                                   acting_client=client.client_id)
                     log.info("client %s revoked grant %s", client.client_id,
                              found[1].grant_id)
         except OAuthError as exc:

@@ -1,1 +1,1 @@
-"""The chain (issue 5): dev chain, contract artifacts, and later the anchoring worker."""
+"""The chain (issue 5): dev chain and deployment, contract artifacts, the anchoring worker."""
