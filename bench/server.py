@@ -125,7 +125,8 @@ class ServerProcess:
 
 def yilian_server(var_dir: Path, log_path: Path, *, extra_env: dict[str, str] | None = None,
                   ready_timeout: float = 300.0) -> ServerProcess:
-    """The FHIR server on a free port with its store in `var_dir`.
+    """The FHIR server on a free port with its store in `var_dir` (auditing off unless
+    `extra_env` says otherwise).
 
     It runs `python -m app.cli serve`, the same entry point as `.venv/bin/yilian serve`, so a
     stale editable install of the package cannot make the benchmark import the wrong `app`.
@@ -134,6 +135,9 @@ def yilian_server(var_dir: Path, log_path: Path, *, extra_env: dict[str, str] | 
     env = {"YILIAN_HOST": HOST, "YILIAN_PORT": str(port),
            "YILIAN_BASE_URL": f"http://{HOST}:{port}/fhir", "YILIAN_VAR_DIR": str(var_dir),
            "YILIAN_DEMO": "false", "YILIAN_AUTH": "off",
+           # what the earlier benchmarks measure: the FHIR server without its audit trail;
+           # bench/audit_chain.py switches both on (the product's defaults)
+           "YILIAN_AUDIT": "off", "YILIAN_CHAIN": "off",
            "YILIAN_LOG_LEVEL": "warning", **(extra_env or {})}
     return ServerProcess("yilian", [sys.executable, "-m", "app.cli", "serve"], port, log_path,
                          env=env, ready_path="/fhir/metadata", ready_timeout=ready_timeout)
