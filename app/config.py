@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         return self.var_dir / "yilian.sqlite3"
 
     @property
+    def audit_path(self) -> Path:
+        """AuditEvents and the chain outbox (app/storage/sqlite_audit.py)."""
+        return self.var_dir / "audit.sqlite3"
+
+    @property
     def keys_dir(self) -> Path:
         """The token signing keyring (`app/auth/keys.py`): private keys, mode 0700."""
         return self.var_dir / "keys"

@@ -143,7 +143,8 @@ def build_store(settings: Settings, indexer: Indexer) -> Store:
     if settings.store == "sqlite":
         from app.storage.sqlite import SqliteStore
         return SqliteStore(settings.sqlite_path, indexer.registry, indexer,
-                           snapshot_seconds=settings.search_snapshot_seconds)
+                           snapshot_seconds=settings.search_snapshot_seconds,
+                           audit_path=settings.audit_path)
     raise ValueError(f"YILIAN_STORE={settings.store!r} is not supported yet; use 'sqlite'")
 
 
@@ -171,7 +172,7 @@ def start_anchoring(settings: Settings, handle: HandleSource) -> tuple[Any, Any]
         return None
     from app.chain.anchorer import Anchorer
 
-    anchorer = Anchorer(settings.sqlite_path, settings, handle)
+    anchorer = Anchorer(settings.audit_path, settings, handle)
     return anchorer, asyncio.create_task(anchorer.run(), name="yilian-anchorer")
 
 
@@ -277,7 +278,7 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
         return Response(b'{"name":"Yilian","fhir":"/fhir","metadata":"/fhir/metadata"}',
                         media_type="application/json")
 
-    app.include_router(build_chain_router(settings, settings.sqlite_path, chain_handle))
+    app.include_router(build_chain_router(settings, settings.audit_path, chain_handle))
     app.include_router(build_jwks_router(keyring))
     app.include_router(build_token_router(
         keyring, settings.base_url,

@@ -363,7 +363,7 @@ class AuditStore:
     """Read-only view of a running server's SQLite file (WAL: reads never block its writer)."""
 
     def __init__(self, var_dir: Path) -> None:
-        self.path = var_dir / "yilian.sqlite3"
+        self.path = var_dir / "audit.sqlite3"
         self.var_dir = var_dir
         self.con = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
                                    timeout=30, isolation_level=None)
@@ -478,7 +478,7 @@ def measure_capacity(var_dir: Path, log_dir: Path, wrk: str, paths_file: Path,
                         connections=cfg.connections, threads=WRK_THREADS, log_path=wrk_log)
     check_no_failures("audit on, chain off (backlog)", [reads])
     # no server runs now: a plain connection (a read-only open of a WAL file needs its -shm)
-    con = sqlite3.connect(var_dir / "yilian.sqlite3", timeout=30)
+    con = sqlite3.connect(var_dir / "audit.sqlite3", timeout=30)
     try:
         last_batch = con.execute("SELECT COALESCE(MAX(id), 0) FROM chain_batch").fetchone()[0]
         backlog = con.execute("SELECT COUNT(*) FROM audit WHERE batch IS NULL").fetchone()[0]

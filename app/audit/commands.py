@@ -92,10 +92,11 @@ def _audit_verify(args: argparse.Namespace) -> int:
         contracts = deployment.get("contracts")
         if isinstance(contracts, dict) and isinstance(contracts.get("AuditLog"), str):
             audit_logs.append(contracts["AuditLog"])
-        report = verify_database(settings.sqlite_path, keyer,
+        report = verify_database(settings.audit_path, keyer,
                                  ChainReader(str(rpc_url), timeout=args.timeout),
                                  from_seq=args.from_seq, to_seq=args.to_seq,
-                                 audit_logs=audit_logs, writers=args.writer)
+                                 audit_logs=audit_logs, writers=args.writer,
+                                 store_db=settings.sqlite_path)
     except ChainError as exc:
         print(f"yilian audit verify: {exc}\n(is the chain running? The dev chain runs while "
               "`yilian serve` does; --rpc names another endpoint)", file=sys.stderr)

@@ -448,8 +448,9 @@ def open_read_only(db_path: Path) -> sqlite3.Connection:
 def verify_database(db_path: Path, keyer: Keyer, rpc: ChainReader, *,
                     from_seq: int | None = None, to_seq: int | None = None,
                     audit_logs: Iterable[str] = (), writers: Iterable[str] = (),
-                    log_chunk: int = 5000) -> Report:
-    """Check the store at `db_path` against the chain (see the module docstring).
+                    log_chunk: int = 5000, store_db: Path | None = None) -> Report:
+    """Check the audit trail at `db_path` (var/audit.sqlite3) and the resources of `store_db`
+    (var/yilian.sqlite3; None: the same file) against the chain (see the module docstring).
 
     `from_seq`/`to_seq` select the audit rows (inclusive); resource versions and consent
     decisions are always checked whole. Extra entries are searched in every block when no range
@@ -459,6 +460,11 @@ def verify_database(db_path: Path, keyer: Keyer, rpc: ChainReader, *,
     not hide their entries.
     """
     conn = open_read_only(db_path)
+    if store_db is not None and store_db.resolve() != db_path.resolve():
+        if not store_db.is_file():
+            raise FileNotFoundError(f"{store_db}: no such database file")
+        # unqualified `history`/`resource` resolve to the attached resource file
+        conn.execute("ATTACH DATABASE ? AS store", (f"{store_db.resolve().as_uri()}?mode=ro",))
     try:
         report = Report(rpc_url=rpc.url, chain_id=rpc.chain_id())
         conn.execute("BEGIN")  # one snapshot for every query below

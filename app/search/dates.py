@@ -46,9 +46,17 @@ def now_instant() -> str:
     return format_instant_ms(int(datetime.now(UTC).timestamp() * 1000))
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted (every audited read asks)
+
+
 def format_instant_ms(ms: int) -> str:
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    global _second
+    sec = ms // 1000
+    cached, prefix = _second
+    if sec != cached:
+        prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second = (sec, prefix)
+    return f"{prefix}{ms % 1000:03d}Z"
 
 
 def instant_to_ms(text: str) -> int:

@@ -48,6 +48,7 @@ from app.storage.base import (
     VersionConflict,
     WriteResult,
 )
+from app.storage.sqlite_audit import SqliteAuditTrail, insert_rows
 from app.storage.sqlite_schema import INDEX_TABLES, SCHEMA, SCHEMA_VERSION, SNAPSHOT_SCHEMA
 from app.storage.sqlite_search import Compiler
 
@@ -77,7 +78,8 @@ class SqliteStore:
     """`Store` on one SQLite file (see module docstring for the concurrency model)."""
 
     def __init__(self, path: Path, registry: Registry, indexer: Indexer, *,
-                 snapshot_seconds: int = 3600, reader_threads: int = 4) -> None:
+                 snapshot_seconds: int = 3600, reader_threads: int = 4,
+                 audit_path: Path | None = None) -> None:
         self.path = path
         self.registry = registry
         self.indexer = indexer
@@ -90,16 +92,10 @@ class SqliteStore:
         self._write_lock = asyncio.Lock()
         self._local = threading.local()
         self._pids: dict[tuple[str, str], int] = {}
-        # group commit of audit rows written outside a unit of work (reads, searches)
-        self._audit_queue: list[tuple[Sequence[AuditRow], Sequence[OutboxRow],
-                                      asyncio.Future[None]]] = []
-        self._audit_flusher: asyncio.Task[None] | None = None
+        # AuditEvents and the chain outbox: a file of their own (app/storage/sqlite_audit.py)
+        self.audit = SqliteAuditTrail(audit_path or path.with_name("audit.sqlite3"), path,
+                                      _connect)
         self._uow: SqliteUnitOfWork | None = None  # the open unit of work and its task
-        # audit commits: inline (no busy wait, no auto-checkpoint) or on the audit thread
-        self._audit_inline: sqlite3.Connection | None = None
-        self._audit_waiting: sqlite3.Connection | None = None
-        self._audit_pool: ThreadPoolExecutor | None = None
-        self._checkpointer: asyncio.Task[None] | None = None
         self._uow_task: asyncio.Task[Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -117,28 +113,19 @@ class SqliteStore:
         self._register_pids(self._writer)
         self._reader = _connect(self.path, readonly=True)
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._audit_inline = _connect(self.path)
-        self._audit_inline.execute("PRAGMA busy_timeout=0")
-        self._audit_inline.execute("PRAGMA wal_autocheckpoint=0")
-        self._audit_waiting = _connect(self.path)
-        self._audit_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-audit")
-        self._checkpointer = asyncio.create_task(self._checkpoint_loop())
+        await self.audit.start()
         self._read_pool = ThreadPoolExecutor(self._reader_threads,
                                              thread_name_prefix="sqlite-reader")
 
     async def close(self) -> None:
-        if self._audit_flusher is not None:
-            await asyncio.gather(self._audit_flusher, return_exceptions=True)
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            await asyncio.gather(self._checkpointer, return_exceptions=True)
-        for pool in (self._write_pool, self._read_pool, self._audit_pool):
+        await self.audit.close()
+        for pool in (self._write_pool, self._read_pool):
             if pool is not None:
                 pool.shutdown(wait=True)
-        for conn in (self._writer, self._reader, self._audit_inline, self._audit_waiting):
+        for conn in (self._writer, self._reader):
             if conn is not None:
                 conn.close()
-        self._writer = self._reader = self._audit_inline = self._audit_waiting = None
+        self._writer = self._reader = None
 
     def _snapshot_path(self) -> Path:
         return self.path.with_name(self.path.stem + "-search.sqlite3")
@@ -446,156 +433,39 @@ class SqliteStore:
             else:
                 self._uow = self._uow_task = None
                 await self._in_writer(lambda: uow.conn.execute("COMMIT"))
+                if uow.inbox_dirty:
+                    await self.audit.move()
 
     # -- audit trail and chain outbox (app/audit/, app/chain/anchorer.py) ------------------------
 
     async def append_audit(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> None:
-        """Group commit: rows queued while one transaction commits go together in the next, so
-        a read's audit costs a few inserts, not a commit of its own; returns once committed."""
+        """AuditEvents and chain entries of reads (app/storage/sqlite_audit.py): durable when
+        this returns."""
         if not audit and not outbox:
             return
         uow = self._uow
         if uow is not None and self._uow_task is asyncio.current_task():
             # inside this task's own unit of work (a read in a transaction bundle): the rows
             # commit with it, and a transaction that fails returned nothing to record
-            _insert_audit(uow.conn, audit, outbox)
+            await uow.append_audit(audit, outbox)
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._audit_queue.append((audit, outbox, fut))
-        if self._audit_flusher is None or self._audit_flusher.done():
-            self._audit_flusher = asyncio.create_task(self._flush_audit())
-        await fut
-
-    async def _flush_audit(self) -> None:
-        """Commit what is queued: inline when the database write lock is free right now (a few
-        inserts and a WAL append, cheaper than a thread hop), otherwise on the audit thread,
-        which waits for the lock (another process's transaction, or this one's unit of work)."""
-        await asyncio.sleep(0)  # let the requests of this loop iteration queue theirs too
-        while self._audit_queue:
-            batch, self._audit_queue = self._audit_queue, []
-            audit = [r for a, _, _ in batch for r in a]
-            outbox = [r for _, o, _ in batch for r in o]
-            try:
-                if not self._try_commit_audit(audit, outbox):
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(self._audit_pool, self._commit_audit, audit,
-                                               outbox)
-            except Exception as exc:  # every waiter learns its audit was not stored
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-            else:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
-
-    def _try_commit_audit(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> bool:
-        """Commit on the event loop's audit connection if the write lock is free (False: it
-        was not; nothing was written)."""
-        conn = self._audit_inline
-        assert conn is not None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                return False
-            raise
-        try:
-            _insert_audit(conn, audit, outbox)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return True
-
-    def _commit_audit(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> None:
-        """On the audit thread: wait for the write lock, commit, and checkpoint the WAL now
-        and then (the inline connection never does, so no request waits for a checkpoint)."""
-        conn = self._audit_waiting
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            _insert_audit(conn, audit, outbox)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    async def _checkpoint_loop(self) -> None:
-        """Checkpoint the WAL every second on the audit thread (PASSIVE: never waits for
-        readers): audit commits of reads grow the WAL faster than writes alone."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(1.0)
-            conn = self._audit_waiting
-            if conn is None:
-                return
-            try:
-                await loop.run_in_executor(self._audit_pool, _checkpoint, conn)
-            except sqlite3.Error as exc:  # pragma: no cover - logged, retried next second
-                log.warning("WAL checkpoint failed: %s", exc)
+        await self.audit.append(audit, outbox)
 
     async def audit_get(self, id_: str) -> StoredAudit | None:
-        def run(conn: sqlite3.Connection) -> StoredAudit | None:
-            row = conn.execute(_AUDIT_SQL + " WHERE a.id = ?", (id_,)).fetchone()
-            return None if row is None else _stored_audit(row)
-        return await self._in_reader(run)
+        return await self._in_reader(lambda _: self.audit.get(self.audit.reader(), id_))
 
     async def audit_search(self, query: AuditQuery) -> tuple[list[StoredAudit], int]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("a.patient", query.patient), ("a.agent", query.agent),
-                              ("a.client", query.client), ("a.action", query.action),
-                              ("a.outcome", query.outcome)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if query.since_ms is not None:
-            where.append("a.recorded_ms >= ?")
-            params.append(query.since_ms)
-        if query.until_ms is not None:
-            where.append("a.recorded_ms < ?")
-            params.append(query.until_ms)
-        cond = " AND ".join(where) or "1"
-
-        def run(conn: sqlite3.Connection) -> tuple[list[StoredAudit], int]:
-            total = conn.execute(f"SELECT count(*) FROM audit a WHERE {cond}",
-                                 params).fetchone()[0]
-            page_cond, page_params = cond, list(params)
-            if query.before_seq is not None:
-                page_cond += " AND a.seq < ?"
-                page_params.append(query.before_seq)
-            rows = conn.execute(f"{_AUDIT_SQL} WHERE {page_cond} ORDER BY a.seq DESC LIMIT ?",
-                                [*page_params, query.count]).fetchall()
-            return [_stored_audit(r) for r in rows], total
-        return await self._in_reader(run)
+        return await self._in_reader(lambda _: self.audit.search(self.audit.reader(), query))
 
     async def version_proof(self, type_: str, id_: str, version: int,
                             ) -> tuple[bytes, ChainProof | None] | None:
-        def run(conn: sqlite3.Connection) -> tuple[bytes, ChainProof | None] | None:
-            row = conn.execute(
-                "SELECT o.payload, b.chain_id, b.contract, b.tx_hash, b.block, b.first_log + o.pos "
-                "FROM chain_outbox o LEFT JOIN chain_batch b ON b.id = o.batch "
-                "AND b.state = 'confirmed' WHERE o.kind = 'version' AND o.ref = ? "
-                "ORDER BY o.seq DESC LIMIT 1", (f"{type_}/{id_}/_history/{version}",)).fetchone()
-            if row is None:
-                return None
-            proof = None if row[1] is None else ChainProof(row[1], row[2], row[3], row[4],
-                                                            row[5])
-            return row[0], proof
-        return await self._in_reader(run)
+        ref = f"{type_}/{id_}/_history/{version}"
+        return await self._in_reader(lambda _: self.audit.version_proof(self.audit.reader(),
+                                                                        ref))
 
     async def oldest_unanchored_ms(self) -> int | None:
-        def run(conn: sqlite3.Connection) -> int | None:
-            a = conn.execute("SELECT recorded_ms FROM audit WHERE batch IS NULL "
-                             "ORDER BY seq LIMIT 1").fetchone()
-            o = conn.execute("SELECT min(recorded_ms) FROM chain_outbox "
-                             "WHERE batch IS NULL").fetchone()
-            found = [v for v in (a[0] if a else None, o[0] if o else None) if v is not None]
-            return min(found) if found else None
-        return await self._in_reader(run)
+        return await self._in_reader(
+            lambda _: self.audit.oldest_unanchored_ms(self.audit.reader()))
 
     def _put(self, conn: sqlite3.Connection, type_: str, id_: str, resource: dict[str, Any],
              method: str, if_match: int | None) -> WriteResult:
@@ -714,6 +584,7 @@ class SqliteUnitOfWork:
     def __init__(self, store: SqliteStore, conn: sqlite3.Connection) -> None:
         self.store = store
         self.conn = conn
+        self.inbox_dirty = False  # AuditEvents to move to the audit file after the commit
 
     async def read(self, type_: str, id_: str) -> StoredVersion | None:
         def run() -> StoredVersion | None:
@@ -738,37 +609,9 @@ class SqliteUnitOfWork:
         return str(uuid.uuid4())
 
     async def append_audit(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> None:
-        _insert_audit(self.conn, audit, outbox)
-
-
-# An AuditEvent with the proof of its batch once that batch is confirmed on chain.
-_AUDIT_SQL = ("SELECT a.seq, a.id, a.recorded_ms, a.patient, a.action, a.outcome, a.agent, "
-              "a.client, a.body, a.entry, b.chain_id, b.contract, b.tx_hash, b.block, "
-              "b.first_log + a.pos FROM audit a LEFT JOIN chain_batch b ON b.id = a.batch "
-              "AND b.state = 'confirmed'")
-
-
-def _stored_audit(row: Sequence[Any]) -> StoredAudit:
-    proof = None if row[10] is None else ChainProof(row[10], row[11], row[12], row[13], row[14])
-    return StoredAudit(row[0], AuditRow(*row[1:10]), proof)
-
-
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # fetched: the statement ends
-
-
-def _insert_audit(conn: sqlite3.Connection, audit: Sequence[AuditRow],
-                  outbox: Sequence[OutboxRow]) -> None:
-    if audit:
-        conn.executemany(
-            "INSERT INTO audit(id, recorded_ms, patient, action, outcome, agent, client, body, "
-            "entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(r.id, r.recorded_ms, r.patient, r.action, r.outcome, r.agent, r.client, r.body,
-              r.entry) for r in audit])
-    if outbox:
-        conn.executemany(
-            "INSERT INTO chain_outbox(kind, ref, payload, recorded_ms) VALUES (?, ?, ?, ?)",
-            [(r.kind, r.ref, r.payload, r.recorded_ms) for r in outbox])
+        if audit or outbox:
+            insert_rows(self.conn, audit, outbox, inbox=True)
+            self.inbox_dirty = True
 
 
 def _snapshot_key(sid: str, owner: str) -> str:

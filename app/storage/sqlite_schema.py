@@ -12,7 +12,8 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 1
 
-# The audit trail and the chain outbox (docs/chain.md). An `audit` row is an AuditEvent and, while
+# The audit trail and the chain outbox (docs/chain.md), in a file of their own (var/audit.sqlite3,
+# app/storage/sqlite_audit.py says why). An `audit` row is an AuditEvent and, while
 # `batch` is NULL, its access entry waiting in the outbox; `chain_outbox` holds the other entries
 # (resource-version anchors, consent decisions). `chain_batch` is one transaction sent by the
 # anchoring worker: the proof of every row assigned to it (log index = first_log + pos).
@@ -36,6 +37,7 @@ CREATE INDEX IF NOT EXISTS audit_pending ON audit(seq) WHERE batch IS NULL;
 CREATE INDEX IF NOT EXISTS audit_batch ON audit(batch, pos) WHERE batch IS NOT NULL;
 CREATE TABLE IF NOT EXISTS chain_outbox(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin INTEGER,
     kind TEXT NOT NULL,
     ref TEXT NOT NULL,
     payload BLOB NOT NULL,
@@ -45,6 +47,8 @@ CREATE TABLE IF NOT EXISTS chain_outbox(
 );
 CREATE INDEX IF NOT EXISTS chain_outbox_pending ON chain_outbox(kind, seq) WHERE batch IS NULL;
 CREATE INDEX IF NOT EXISTS chain_outbox_ref ON chain_outbox(ref);
+CREATE UNIQUE INDEX IF NOT EXISTS chain_outbox_origin ON chain_outbox(origin)
+    WHERE origin IS NOT NULL;
 CREATE INDEX IF NOT EXISTS chain_outbox_batch ON chain_outbox(batch, pos)
     WHERE batch IS NOT NULL;
 CREATE TABLE IF NOT EXISTS chain_batch(
@@ -70,6 +74,30 @@ CREATE TABLE IF NOT EXISTS chain_lease(
     expires_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS chain_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# In the resource file: a write's AuditEvents and chain entries, committed with the write and
+# moved to the audit file right after (`origin` of a moved outbox row = its inbox seq).
+INBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_inbox(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    patient TEXT,
+    action TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    agent TEXT,
+    client TEXT,
+    body BLOB NOT NULL,
+    entry BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_inbox(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    recorded_ms INTEGER NOT NULL
+);
 """
 
 SCHEMA = """
@@ -136,7 +164,7 @@ CREATE TABLE IF NOT EXISTS ix_composite(rid INTEGER NOT NULL, pid INTEGER NOT NU
                                         c3_lo REAL, c3_hi REAL);
 CREATE INDEX IF NOT EXISTS ix_composite_v ON ix_composite(pid, c1_code, c2_code);
 CREATE INDEX IF NOT EXISTS ix_composite_r ON ix_composite(rid, pid);
-""" + AUDIT_SCHEMA
+""" + INBOX_SCHEMA
 
 INDEX_TABLES = ("ix_string", "ix_token", "ix_date", "ix_number", "ix_quantity", "ix_reference",
                 "ix_uri", "ix_composite")

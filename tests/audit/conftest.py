@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from app.audit.hashing import (
 from app.chain.artifacts import load_artifact
 from app.chain.devchain import DevChain
 from app.consent.chain import decisions_of
-from app.storage.sqlite_schema import SCHEMA
+from app.storage.sqlite_schema import AUDIT_SCHEMA, SCHEMA
 
 # The server secret (var/audit/secret) of the test hospital: fixed, so hashes are stable.
 SECRET_HEX = "8f3a61d0c47b29e5a1d84c6f0b3e97a25c1f7d08e6b4a3920d5c7e1f8a6b4c2d"
@@ -155,9 +156,14 @@ class Store:
         secret = self.var_dir / "audit" / "secret"
         secret.write_text(SECRET_HEX)
         secret.chmod(0o600)
-        self.conn = sqlite3.connect(self.var_dir / "yilian.sqlite3", isolation_level=None)
+        with closing(sqlite3.connect(self.store_path)) as resources:
+            resources.execute("PRAGMA journal_mode=WAL")
+            resources.executescript(SCHEMA)
+        # the audit file, with the resource file attached: unqualified table names find both
+        self.conn = sqlite3.connect(self.db_path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
+        self.conn.executescript(AUDIT_SCHEMA)
+        self.conn.execute("ATTACH DATABASE ? AS store", (str(self.store_path),))
 
     @property
     def rpc_url(self) -> str:
@@ -165,6 +171,12 @@ class Store:
 
     @property
     def db_path(self) -> Path:
+        """The audit trail's file."""
+        return self.var_dir / "audit.sqlite3"
+
+    @property
+    def store_path(self) -> Path:
+        """The resource file."""
         return self.var_dir / "yilian.sqlite3"
 
     def now_ms(self) -> int:

@@ -44,10 +44,15 @@ class Trail:
                                 client_id="jiankang-app")
 
     def db(self) -> sqlite3.Connection:
+        """The resource file."""
         return sqlite3.connect(self.var / "yilian.sqlite3")
 
+    def audit_db(self) -> sqlite3.Connection:
+        """The audit trail's file: AuditEvents and the chain outbox."""
+        return sqlite3.connect(self.var / "audit.sqlite3")
+
     def rows(self, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self.db() as db:
+        with self.audit_db() as db:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute(
                 f"SELECT * FROM audit WHERE {where} ORDER BY seq", params)]
@@ -84,9 +89,10 @@ def test_every_write_is_an_audit_event_with_its_version_anchor(t: Trail) -> None
     writes = t.events("action IN ('C', 'U')")
     assert len(writes) == 5
     assert {subtype(e) for e in writes} == {"update"}  # PUT with a client id: update-as-create
-    with t.db() as db:
+    with t.audit_db() as db:
         anchors = db.execute("SELECT ref, payload FROM chain_outbox WHERE kind = 'version' "
                              "ORDER BY seq").fetchall()
+    with t.db() as db:
         bodies = dict(db.execute(
             "SELECT r.type || '/' || r.id || '/_history/' || h.version, h.body FROM history h "
             "JOIN resource r ON r.rid = h.rid WHERE r.type IN ('Patient', 'Observation')"))
@@ -257,5 +263,54 @@ def test_entries_hash_nothing_personal_into_the_chain_entry(t: Trail) -> None:
 
 
 def _count(t: Trail, table: str) -> int:
-    with t.db() as db:
+    with t.audit_db() as db:
         return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_a_writes_audit_commits_with_it_and_is_searchable_once_answered(t: Trail) -> None:
+    """The write's AuditEvent is in the resource file's inbox in the write's own transaction,
+    and in the audit file (searchable) by the time the write is answered."""
+    r = t.c.put("/fhir/Observation/obs-zw-3", json=lab("pat-zw", oid="obs-zw-3"),
+                headers=t.admin)
+    assert r.status_code == 201
+    with t.db() as db:
+        assert db.execute("SELECT count(*) FROM audit_inbox").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM outbox_inbox").fetchone()[0] == 0
+    found = t.c.get("/fhir/AuditEvent?patient=pat-zw&action=U&_count=1",
+                    headers=t.admin).json()["entry"][0]["resource"]
+    assert found["entity"][-1]["what"]["reference"] == "Observation/obs-zw-3/_history/1"
+    with t.audit_db() as db:
+        origins = [o for (o,) in db.execute("SELECT origin FROM chain_outbox ORDER BY seq")]
+    assert len(origins) == len(set(origins)) == 6 and None not in origins
+
+
+def test_the_inbox_left_by_a_crash_is_moved_once_on_start(tmp_path: Path) -> None:
+    """Rows committed to the inbox by a write whose process died before moving them are moved
+    when the store starts again, once, even if a move was half done (copied, not yet deleted)."""
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings)) as c:
+        assert c.put("/fhir/Patient/pat-cr", json=patient("pat-cr", mrn="BA-CR")) \
+            .status_code == 201
+    audit_db = sqlite3.connect(settings.audit_path)
+    event = audit_db.execute("SELECT id, recorded_ms, patient, action, outcome, agent, client, "
+                             "body, entry FROM audit").fetchone()
+    anchor = audit_db.execute("SELECT origin, kind, ref, payload, recorded_ms FROM "
+                              "chain_outbox").fetchone()
+    audit_db.close()
+    with sqlite3.connect(settings.sqlite_path) as db:  # as if the move had not happened
+        db.execute("INSERT INTO audit_inbox(id, recorded_ms, patient, action, outcome, agent, "
+                   "client, body, entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", event)
+        db.execute("INSERT INTO outbox_inbox(seq, kind, ref, payload, recorded_ms) "
+                   "VALUES (?, ?, ?, ?, ?)", anchor)
+        db.execute("INSERT INTO audit_inbox(id, recorded_ms, patient, action, outcome, agent, "
+                   "client, body, entry) VALUES ('crash-1', 1, 'pat-cr', 'U', '0', NULL, NULL, "
+                   "x'7b7d', zeroblob(65))")
+    with TestClient(create_app(settings)):
+        pass
+    with sqlite3.connect(settings.sqlite_path) as db:
+        assert db.execute("SELECT count(*) FROM audit_inbox").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM outbox_inbox").fetchone()[0] == 0
+    with sqlite3.connect(settings.audit_path) as db:
+        ids = [i for (i,) in db.execute("SELECT id FROM audit WHERE action = 'U'")]
+        assert ids == [event[0], "crash-1"]
+        assert db.execute("SELECT count(*) FROM chain_outbox").fetchone()[0] == 1

@@ -44,7 +44,8 @@ class Running:
         self.dev = dev
 
     def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.settings.sqlite_path)
+        """The audit trail's file."""
+        return sqlite3.connect(self.settings.audit_path)
 
     def wait_anchored(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -111,6 +112,7 @@ def test_an_altered_record_fails_verification(running: Running) -> None:
                                          "'pat-zm' AND action = 'R'").fetchone()
         db.execute("UPDATE audit SET body = ? WHERE seq = ?",
                    (body.replace(b'"outcome":"0"', b'"outcome":"4"'), seq))
+    with sqlite3.connect(running.settings.sqlite_path) as db:
         db.execute("UPDATE history SET body = CAST(replace(body, '赵', '钱') AS BLOB) WHERE rid = "
                    "(SELECT rid FROM resource WHERE type = 'Patient' AND id = 'pat-zm')")
     verdict = c.get(f"/fhir/AuditEvent/{event_id}/$verify").json()
@@ -146,7 +148,7 @@ def test_fail_closed_refuses_writes_but_not_reads_while_the_chain_is_down(
             assert r.json()["resourceType"] == "OperationOutcome"
             assert "YILIAN_AUDIT_FAIL_CLOSED" in r.text
             assert c.get("/fhir/Patient/pat-hl").status_code == 200
-            with sqlite3.connect(settings.sqlite_path) as db:
+            with sqlite3.connect(settings.audit_path) as db:
                 refused = db.execute("SELECT count(*) FROM audit WHERE outcome = '8' AND "
                                      "action = 'U'").fetchone()[0]
             assert refused == 1

@@ -81,7 +81,7 @@ def test_chain_down_and_kill_9_lose_and_double_nothing(tmp_path: Path) -> None:
         "YILIAN_CHAIN": "rpc", "YILIAN_CHAIN_RPC": chain.url,
         "YILIAN_CHAIN_KEY_FILE": str(key_file), "YILIAN_ANCHOR_INTERVAL_MS": "50",
         "YILIAN_CHAIN_STATE_INTERVAL": "1"})
-    db_path = tmp_path / "var" / "yilian.sqlite3"
+    db_path = tmp_path / "var" / "audit.sqlite3"
     try:
         server.start()
         with server.client() as c:

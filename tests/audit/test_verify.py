@@ -33,7 +33,7 @@ def admin(store: Store) -> sqlite3.Connection:
 
 def verify(store: Store, **kw: Any) -> Report:
     return verify_database(store.db_path, store.keyer, ChainReader(store.rpc_url),
-                           **kw)
+                           store_db=store.store_path, **kw)
 
 
 def kinds(report: Report) -> list[tuple[str, str]]:
@@ -42,7 +42,8 @@ def kinds(report: Report) -> list[tuple[str, str]]:
 
 def test_an_untouched_store_verifies_with_queued_entries_pending(store: Store) -> None:
     fill(store)
-    files = [store.db_path, store.db_path.with_name("yilian.sqlite3-wal")]
+    files = [store.db_path, store.db_path.with_name("audit.sqlite3-wal"), store.store_path,
+             store.store_path.with_name("yilian.sqlite3-wal")]
     before = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
     report = verify(store)
     assert report.problems == []
@@ -186,7 +187,8 @@ def test_an_unreachable_chain_is_a_clear_error(store: Store) -> None:
     fill(store)
     url = f"http://127.0.0.1:{free_loopback_port()}"
     with pytest.raises(ChainError, match=f"eth_chainId failed on {url}"):
-        verify_database(store.db_path, store.keyer, ChainReader(url, timeout=2))
+        verify_database(store.db_path, store.keyer, ChainReader(url, timeout=2),
+                        store_db=store.store_path)
 
 
 # --- what the server serves ---------------------------------------------------------------
@@ -324,7 +326,8 @@ def test_a_chain_reset_under_the_proofs_is_detected(store: Store, tmp_path: Any)
         verdict = verify_event(served(store, info["seqs"][0]), ChainReader(fresh.url))
         assert not verdict.verified
         assert str(verdict.reason).startswith("no such transaction on this chain")
-        report = verify_database(store.db_path, store.keyer, ChainReader(fresh.url))
+        report = verify_database(store.db_path, store.keyer, ChainReader(fresh.url),
+                                 store_db=store.store_path)
         assert report.counts["missing"] == 17 and report.counts["verified"] == 0
 
 

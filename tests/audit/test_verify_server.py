@@ -68,9 +68,10 @@ def test_a_servers_trail_verifies_holds_nothing_personal_and_shows_tampering(
             *personal_needles(people), "obs-wbc-20261122", "c-zhangwei-his", "白细胞计数"])
         assert failures(findings) == [], "\n".join(map(str, findings))
 
-        with sqlite3.connect(var_dir / "yilian.sqlite3", timeout=30) as db:
+        with sqlite3.connect(var_dir / "audit.sqlite3", timeout=30) as db:
             db.execute("UPDATE audit SET body = replace(body, '\"outcome\":\"0\"', "
                        "'\"outcome\":\"4\"') WHERE id = ?", (event_id,))
+        with sqlite3.connect(var_dir / "yilian.sqlite3", timeout=30) as db:
             db.execute("UPDATE history SET body = replace(body, '6.5', '4.5') WHERE rid = "
                        "(SELECT rid FROM resource WHERE id = 'obs-wbc-20261122')")
         done = audit_verify(var_dir)

@@ -253,7 +253,7 @@ def make_store(var_dir: Path) -> sqlite3.Connection:
     """A store with the server's audit schema, in WAL mode, with two confirmed batches (one of
     an earlier run), a sent one and a waiting row; held open like a running server."""
     var_dir.mkdir(parents=True)
-    con = sqlite3.connect(var_dir / "yilian.sqlite3", isolation_level=None)
+    con = sqlite3.connect(var_dir / "audit.sqlite3", isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.executescript(AUDIT_SCHEMA)
     batch = ("INSERT INTO chain_batch(id, kind, epoch, chain_id, contract, nonce, raw_tx, "

@@ -34,7 +34,7 @@ from app.audit.hashing import (
 from app.chain.anchorer import Anchorer
 from app.chain.deploy import WRITER_ROLE, connect, contract, deploy_contracts, fund_dev_account
 from app.chain.node import ChainHandle
-from app.storage.sqlite_schema import SCHEMA
+from app.storage.sqlite_schema import AUDIT_SCHEMA, SCHEMA
 
 KEYER = Keyer(bytes.fromhex("3c9a1f5e7b2d4c6a8e0f1a3b5c7d9e2f4a6b8c0d1e3f5a7b9c2d4e6f8a0b1c3d"))
 # 身份证号 with valid check digits (GB 11643-1999) of the 北京协和医院 patients in these tests.
@@ -46,7 +46,7 @@ ACTIONS = "RRRRCUDE"  # reads dominate, as in a real ward
 
 def make_db(path: Path) -> Path:
     with sqlite3.connect(path) as con:
-        con.executescript(SCHEMA)
+        con.executescript(SCHEMA + AUDIT_SCHEMA)  # one file holds both here
         con.execute("PRAGMA journal_mode=WAL")
     return path
 

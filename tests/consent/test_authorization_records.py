@@ -33,7 +33,7 @@ AUTH_EVENTS = "https://fhir.yilian.cn/CodeSystem/auth-event"
 
 
 def db(w: World) -> sqlite3.Connection:
-    return sqlite3.connect(w.tmp_path / "var" / "yilian.sqlite3")
+    return sqlite3.connect(w.tmp_path / "var" / "audit.sqlite3")
 
 
 def auth_events(w: World) -> list[dict[str, Any]]:
@@ -106,7 +106,7 @@ def test_a_consent_a_client_posts_queues_its_decisions(tmp_path: Path) -> None:
         assert stored.status_code == 200
     keyer = Keyer.in_var_dir(tmp_path / "var")
     ref = "Consent/" + location.split("/Consent/", 1)[1]
-    with sqlite3.connect(tmp_path / "var" / "yilian.sqlite3") as conn:
+    with sqlite3.connect(tmp_path / "var" / "audit.sqlite3") as conn:
         queued = [bytes(p) for (p,) in conn.execute(
             "SELECT payload FROM chain_outbox WHERE kind = 'consent' AND ref = ? ORDER BY seq",
             (ref,))]
