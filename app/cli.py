@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 
 from app.audit.commands import add_audit_commands
@@ -36,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
     # through the `finally` below, so that anvil is stopped and writes its state.
     signal.signal(signal.SIGTERM, _raise_stop)
     dev: DevChain | None = None
+    anchoring: subprocess.Popen[bytes] | None = None
     try:
         if settings.chain != "off":
             try:
@@ -45,6 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
                       file=sys.stderr, flush=True)
                 return 1
             print(describe(settings, dev, handle), flush=True)
+            if settings.audit == "on":
+                anchoring = _start_anchor_process()
         demo_lines: list[str] = []
         if settings.demo:
             _load_demo(settings)
@@ -64,8 +68,66 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        if anchoring is not None:
+            _stop_process(anchoring)
         if dev is not None:
             dev.stop()
+    return 0
+
+
+def _start_anchor_process() -> subprocess.Popen[bytes]:
+    """`yilian anchor` beside the uvicorn workers, which then leave anchoring to it."""
+    os.environ["YILIAN_ANCHOR_IN_WORKERS"] = "false"
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "anchor"],
+                            stdin=subprocess.DEVNULL)
+
+
+def _stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _anchor(args: argparse.Namespace) -> int:
+    """Run the anchoring worker in this process until SIGTERM or Ctrl-C (settings from
+    YILIAN_* variables; it takes the lease, so it can run beside workers that anchor too)."""
+    import asyncio
+    import contextlib
+    import logging
+    import sqlite3
+
+    from app.chain.anchorer import Anchorer
+    from app.chain.handles import HandleSource
+    from app.storage.sqlite_schema import AUDIT_SCHEMA
+
+    settings = Settings()
+    if settings.chain == "off":
+        print("yilian anchor: YILIAN_CHAIN is off: nothing to anchor on", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(levelname)s:     %(name)s %(message)s")
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(settings.audit_path, timeout=30)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(AUDIT_SCHEMA)
+    anchorer = Anchorer(settings.audit_path, settings, HandleSource(settings))
+
+    async def run() -> None:
+        task = asyncio.create_task(anchorer.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(run())
+    finally:
+        anchorer.close()
     return 0
 
 
@@ -217,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=_serve)
+    anchor = sub.add_parser("anchor", help="run the anchoring worker (yilian serve starts one; "
+                            "more are safe: one anchors at a time)")
+    anchor.set_defaults(func=_anchor)
     imp = sub.add_parser("import", help="import a hospital export (CSV/TSV in UTF-8, GBK or "
                          "GB18030, XLSX, JSON Lines) of a Chinese EMR dataset, or a whole "
                          "daily export described by a manifest")

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     chain_confirmations: int = Field(default=1, ge=1, le=64)
     anchor_batch_size: int = Field(default=1000, ge=1, le=1000)
     anchor_interval_ms: int = Field(default=200, ge=10, le=60000)
+    # Whether uvicorn workers run the anchoring worker (one at a time, by lease). `yilian serve`
+    # runs it in a process of its own instead (`yilian anchor`) and sets this to false, so
+    # signing and sending never take the GIL from request handling.
+    anchor_in_workers: bool = True
     # True: writes are refused (503) while the outbox cannot reach the chain; reads go on.
     audit_fail_closed: bool = False
     # Fail closed once the oldest unanchored entry is this old (seconds).

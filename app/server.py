@@ -168,7 +168,7 @@ def build_service(settings: Settings, hooks: Hooks) -> tuple[FhirService, list[d
 
 def start_anchoring(settings: Settings, handle: HandleSource) -> tuple[Any, Any] | None:
     """This worker's anchoring loop (one worker anchors at a time: a lease in the store)."""
-    if settings.chain == "off" or settings.audit == "off":
+    if settings.chain == "off" or settings.audit == "off" or not settings.anchor_in_workers:
         return None
     from app.chain.anchorer import Anchorer
 

@@ -67,7 +67,8 @@ class ChainAuditor:
         self._ids = itertools.count(1)
 
     def new_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids):x}"
+        # zero-padded: a process's ids ascend, so the id index grows at its end
+        return f"{self._id_prefix}{next(self._ids):012x}"
 
     # -- the pipeline hook ----------------------------------------------------------------
 
@@ -120,7 +121,12 @@ class ChainAuditor:
     def _events(self, record: AuditRecord, recorded: str,
                 ) -> list[tuple[str | None, dict[str, Any]]]:
         groups: dict[str | None, list[StoredVersion]] = {}
-        for v in record.versions:
+        if len(record.versions) == 1:  # a read: the common case, without the grouping
+            v = record.versions[0]
+            patients = self.patients_of(v)
+            if len(patients) == 1:
+                groups[patients[0]] = [v]
+        for v in record.versions if not groups else ():
             patients = self.patients_of(v)
             if not patients:
                 groups.setdefault(None, []).append(v)

@@ -274,6 +274,8 @@ class Anchorer:
         self._skipped: set[int] = set()  # consent rows the registry refuses for good
         self._seen_mined: dict[int, int] = {}  # batch id -> when its receipt was first seen
         self.failures = 0  # consecutive failed rounds: drives the backoff
+        # (epoch, contract) -> {entries: estimated gas} of the batches estimated so far
+        self._gas_points: dict[tuple[int, str], dict[int, int]] = {}
         self.last_error: str | None = None
         self.sent_entries = 0
         self.confirmed_entries = 0
@@ -560,6 +562,7 @@ class Anchorer:
                      batch.nonce, batch.tx_hash)
 
     def _fail(self, batch: _Batch, block: int | None) -> None:
+        self._gas_points.clear()  # estimate afresh: the line may have been too low
         with _transaction(self._db) as db:
             cur = db.execute("UPDATE chain_batch SET state = 'failed', block = ? "
                              "WHERE id = ? AND state = 'sent'", (block, batch.id))
@@ -615,7 +618,6 @@ class Anchorer:
         local = db.execute("SELECT max(nonce) FROM chain_batch WHERE state = 'sent' AND epoch = ? "
                            "AND chain_id = ?", (handle.epoch, handle.chain_id)).fetchone()[0]
         nonce = max(_int(node_nonce), -1 if local is None else local + 1)
-        estimates: dict[tuple[str, int], int] = {}
         full = False
         # Round-robin over the kinds so a flood of accesses cannot starve consent decisions.
         while budget > 0 and any(pending.values()):
@@ -625,12 +627,14 @@ class Anchorer:
                     continue
                 address = handle.contracts[kind.contract]
                 data = calldata(kind, [r[1] for r in rows])
-                # Full batches of one kind cost the same; a consent decision's cost depends on
+                # Full batches of one kind cost the same (estimated once per epoch); a partial
+                # batch is estimated (one a round), and a consent decision's cost depends on
                 # whether its storage slot is new, so each is estimated.
-                key = (kind.name, len(rows))
-                if key not in estimates or kind.one_per_tx:
+                gas_known = None if kind.one_per_tx else \
+                    self._gas_points.get((handle.epoch, address), {}).get(len(rows))
+                if gas_known is None:
                     try:
-                        estimates[key] = self._estimate(rpc, account.address, address, data)
+                        estimated = self._estimate(rpc, account.address, address, data)
                     except Reverted as exc:
                         if kind.one_per_tx and any(e in str(exc) for e in REFUSED_FOR_GOOD):
                             self._skipped.add(rows[0][0])
@@ -639,7 +643,11 @@ class Anchorer:
                             pending[kind] = self._pending(kind, 1)
                             continue
                         raise
-                gas = min(estimates[key], gas_cap)
+                    if len(rows) == self.settings.anchor_batch_size and not kind.one_per_tx:
+                        self._gas_points.setdefault((handle.epoch, address), {})[len(rows)] = \
+                            estimated
+                    gas_known = estimated
+                gas = min(gas_known, gas_cap)
                 tx = {"chainId": handle.chain_id, "nonce": nonce, "to": address, "value": 0,
                       "data": data, "gas": gas, **fees}
                 signed = account.sign_transaction(tx)  # type: ignore[arg-type]
@@ -653,10 +661,16 @@ class Anchorer:
                 self._send(rpc, _Batch(batch_id, kind, nonce - 1, raw, tx_hash, len(rows),
                                        address))
                 self.sent_entries += len(rows)
-                pending[kind] = self._pending(kind, 1 if kind.one_per_tx
-                                              else self.settings.anchor_batch_size)
-                full = full or (not kind.one_per_tx
-                                and len(rows) == self.settings.anchor_batch_size)
+                batch_full = len(rows) == self.settings.anchor_batch_size
+                if kind.one_per_tx or batch_full:
+                    pending[kind] = self._pending(kind, 1 if kind.one_per_tx
+                                                  else self.settings.anchor_batch_size)
+                else:
+                    # a partial batch took everything there was: what arrives meanwhile waits
+                    # for the next round, so a steady stream makes one batch per interval
+                    # rather than a transaction per handful of entries
+                    pending[kind] = []
+                full = full or (not kind.one_per_tx and batch_full)
         return full or any(pending.values())
 
     def _pending(self, kind: Kind, limit: int) -> list[tuple[int, bytes]]:
