@@ -23,6 +23,7 @@ import orjson
 from app.audit import events
 from app.audit.hashing import Keyer, access_entry, canonical_json, sha256, version_entry
 from app.auth.compartment import PatientCompartment
+from app.consent.chain import decisions_of, deletion_decisions
 from app.fhir.outcome import error
 from app.pipeline.hooks import AuditRecord, Principal
 from app.search.dates import format_instant_ms
@@ -34,14 +35,6 @@ log = logging.getLogger("yilian.audit")
 _CACHE_SIZE = 100_000
 
 ConsentDecisions = Callable[[dict[str, Any], bytes, Keyer], list[tuple[str, bytes]]]
-
-
-def _consent_decisions() -> ConsentDecisions | None:
-    try:
-        from app.consent.chain import decisions_of
-    except ImportError:  # pragma: no cover - the consent module is part of the product
-        return None
-    return decisions_of
 
 
 class ChainAuditor:
@@ -60,7 +53,6 @@ class ChainAuditor:
         self._patient_keys: dict[str, bytes] = {}
         self._lag_checked = 0.0
         self._lag_ok = True
-        self._consents = _consent_decisions()
         # AuditEvent ids: a random prefix per process and a counter (unique across workers and
         # restarts without a UUID per read)
         self._id_prefix = secrets.token_hex(8)
@@ -77,7 +69,7 @@ class ChainAuditor:
         recorded = format_instant_ms(now_ms)
         audit = [self._row(event, now_ms, patient, record.principal)
                  for patient, event in self._events(record, recorded)]
-        outbox = self._anchors(record.versions, now_ms) if record.written else []
+        outbox = await self._anchors(record.versions, now_ms) if record.written else []
         if tx is not None:
             await tx.append_audit(audit, outbox)
         else:
@@ -154,16 +146,24 @@ class ChainAuditor:
                         principal.fhir_user or principal.subject, principal.client_id, body,
                         access_entry(sha256(body), key, event["action"]))
 
-    def _anchors(self, versions: Sequence[StoredVersion], now_ms: int) -> list[OutboxRow]:
+    async def _anchors(self, versions: Sequence[StoredVersion], now_ms: int,
+                       ) -> list[OutboxRow]:
+        """A version anchor per written version, and the ConsentRegistry decisions of a written
+        Consent (app/consent/chain.py): a deletion revokes those of the version before it."""
         out = []
         for v in versions:
             ref = f"{v.type}/{v.id}/_history/{v.version}"
             out.append(OutboxRow("version", ref, version_entry(
                 self.keyer.version(v.type, v.id, v.version), v.body), now_ms))
-            if v.type == "Consent" and not v.deleted and self._consents is not None:
-                consent = orjson.loads(v.body)
-                for _, payload in self._consents(consent, v.body, self.keyer):
-                    out.append(OutboxRow("consent", ref, payload, now_ms))
+            if v.type != "Consent":
+                continue
+            if not v.deleted:
+                decisions = decisions_of(orjson.loads(v.body), v.body, self.keyer)
+            else:
+                previous = await self.store.vread(v.type, v.id, v.version - 1)
+                decisions = [] if previous is None or previous.deleted else \
+                    deletion_decisions(orjson.loads(previous.body), self.keyer)
+            out.extend(OutboxRow("consent", ref, payload, now_ms) for _, payload in decisions)
         return out
 
     def _patient_key(self, patient: str | None) -> bytes:

@@ -606,7 +606,7 @@ def _check_outbox(conn: sqlite3.Connection, batches: dict[int, _Batch], keyer: K
             report.add(Problem("altered", ref, "altered: content hash of the stored version "
                                "differs from the one queued for the chain", seq))
             continue
-        if kind == "consent" and payload not in _consent_entries(body, keyer):
+        if kind == "consent" and payload not in _consent_entries(conn, parsed, body, keyer):
             report.add(Problem("altered", ref, "altered: the consent decision recomputed from "
                                "the stored Consent differs from the one queued for the chain",
                                seq))
@@ -633,16 +633,27 @@ def _check_outbox(conn: sqlite3.Connection, batches: dict[int, _Batch], keyer: K
             report.add(Problem("missing", ref, f"batch {batch_id} entry {pos}: {reason}", seq))
 
 
-def _consent_entries(body: bytes, keyer: Keyer) -> list[bytes]:
-    """The decisions a stored Consent version gives (app/consent/chain.py has the rules)."""
-    from app.consent.chain import decisions_of
+def _consent_entries(conn: sqlite3.Connection, ref: tuple[str, str, int], body: bytes,
+                     keyer: Keyer) -> list[bytes]:
+    """The decisions a stored Consent version gives (app/consent/chain.py has the rules); a
+    deletion (empty body) revokes those of the version before it."""
+    from app.consent.chain import decisions_of, deletion_decisions
 
+    source = body
+    if not body:
+        type_, id_, version = ref
+        previous = _history_body(conn, type_, id_, version - 1)
+        if not previous:
+            return []
+        source = previous
     try:
-        consent = orjson.loads(body)
+        consent = orjson.loads(source)
     except orjson.JSONDecodeError:
         return []
     if not isinstance(consent, dict):
         return []
+    if not body:
+        return [entry for _, entry in deletion_decisions(consent, keyer)]
     return [entry for _, entry in decisions_of(consent, body, keyer)]
 
 

@@ -220,3 +220,13 @@ def _walk(provision: dict[str, Any], actors: list[str], kind: str, expires: int,
             yield _Decision(actor, scope, kind, expires)
     for child in nested:
         yield from _walk(child, actors, kind, expires)
+
+
+def deletion_decisions(previous: dict[str, Any], keyer: Keyer) -> list[tuple[str, bytes]]:
+    """The decisions of a Consent's deletion: every decision of the version before it, revoked.
+
+    A deletion is a revocation; its stored version has no content (an empty body), so the
+    decisions are those of the last version with content, as if it had become `inactive`, and
+    their decisionHash is SHA-256 of the deletion's empty body.
+    """
+    return decisions_of({**previous, "status": "inactive"}, b"", keyer)

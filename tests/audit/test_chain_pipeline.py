@@ -155,3 +155,37 @@ def test_fail_closed_refuses_writes_but_not_reads_while_the_chain_is_down(
     finally:
         if dev is not None:
             dev.stop()
+
+
+def test_deleting_a_consent_revokes_its_decisions_on_chain(running: Running) -> None:
+    """A DELETE of a Consent is a revocation: the decisions of its last version are recorded
+    again as Revoked, and the independent verifier recomputes them from the history."""
+    from app.audit.hashing import CONSENT_REVOKED, Keyer
+    from app.audit.verify import ChainReader, verify_database
+    from app.consent.chain import decisions_of
+    from tests.consent.test_chain_decisions import RESEARCH_CONSENT
+
+    c = running.c
+    assert c.put("/fhir/Patient/pat-000001", json=patient("pat-000001")).status_code == 201
+    consent = {**RESEARCH_CONSENT, "patient": {"reference": "Patient/pat-000001"}}
+    created = c.post("/fhir/Consent", json=consent)
+    assert created.status_code == 201, created.text
+    cid = created.json()["id"]
+    stored = c.get(f"/fhir/Consent/{cid}")
+    assert c.delete(f"/fhir/Consent/{cid}").status_code == 204
+    running.wait_anchored()
+    keyer = Keyer.in_var_dir(running.settings.var_dir)
+    granted = [p for _, p in decisions_of(stored.json(), stored.content, keyer)]
+    with running.db() as db:
+        revoked = [bytes(p) for (p,) in db.execute(
+            "SELECT payload FROM chain_outbox WHERE kind = 'consent' AND ref = ? ORDER BY seq",
+            (f"Consent/{cid}/_history/2",))]
+    assert len(revoked) == len(granted) == 2
+    for before, after in zip(granted, revoked, strict=True):
+        assert after[:96] == before[:96]  # same patient, grantee and scope
+        assert after[96] == CONSENT_REVOKED
+    handle = running.c.app.state.chain_handle()  # type: ignore[attr-defined]
+    report = verify_database(running.settings.audit_path, keyer, ChainReader(handle.rpc_url),
+                             store_db=running.settings.sqlite_path)
+    assert report.problems == [], report.problems
+    assert report.counts["verified"] >= 6
