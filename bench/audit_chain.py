@@ -331,32 +331,6 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 
 # -- wrk with a script of our own ------------------------------------------------------------
 
-def run_wrk_script(binary: str, port: int, script: Path, paths_file: Path, *, seconds: float,
-                   connections: int, threads: int = WRK_THREADS, timeout_s: float = 10.0,
-                   log_path: Path | None = None) -> WrkResult:
-    """`bench.wrk.run_wrk` with another Lua script (one that prints the same BENCH_JSON)."""
-    threads = max(1, min(threads, connections))
-    argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            f"--timeout={max(1, round(timeout_s))}s", "--latency", "-s", str(script),
-            f"http://{HOST}:{port}", "--", str(paths_file)]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + timeout_s + 60)
-    if log_path is not None:
-        with log_path.open("a") as log:
-            log.write(f"$ {' '.join(argv)}\n{out.stdout}{out.stderr}\n")
-    line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed (exit {out.returncode}): "
-                           f"{out.stderr.strip() or out.stdout}")
-    data = orjson.loads(line.removeprefix("BENCH_JSON "))
-    secs = data["duration_us"] / 1e6
-    lat = data["latency_us"]
-    return WrkResult(
-        requests=data["requests"], seconds=secs,
-        requests_per_s=data["requests"] / secs if secs else 0.0,
-        p50_ms=lat["p50"] / 1000, p90_ms=lat["p90"] / 1000, p99_ms=lat["p99"] / 1000,
-        max_ms=lat["max"] / 1000, mean_ms=lat["mean"] / 1000, errors=dict(data["errors"]))
-
-
 # -- the audited server's store and chain ------------------------------------------------------
 
 class AuditStore:
@@ -953,9 +927,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{cfg.paced_rate:,.0f} requests/s, {cfg.paced_connections} connections",
                       flush=True)
             for _ in range(cfg.paced_runs):
-                audited_run(store, on_srv, PACED, lambda: run_wrk_script(
-                    wrk, on_srv.port, paced_file, paths_file, seconds=cfg.seconds,
-                    connections=cfg.paced_connections, log_path=wrk_log),
+                audited_run(store, on_srv, PACED, lambda: run_wrk(
+                    wrk, on_srv.port, paths_file, seconds=cfg.seconds,
+                    connections=cfg.paced_connections, log_path=wrk_log, script=paced_file),
                     cfg, runs[PACED], cpu[PACED], anchoring[PACED], batches[PACED])
             profile: dict[str, Any] | None = None
             if spy is not None:

@@ -101,12 +101,13 @@ def write_headers(path: Path, headers: Mapping[str, str]) -> Path:
 
 def run_wrk(binary: str, port: int, paths_file: Path, *, seconds: float, connections: int,
             threads: int = 2, timeout_s: float = 10.0, log_path: Path | None = None,
-            headers_file: Path | None = None) -> WrkResult:
+            headers_file: Path | None = None, script: Path = SCRIPT) -> WrkResult:
     """One wrk run against 127.0.0.1:`port` with paths drawn from `paths_file`, sending the
-    headers of `headers_file` (see `write_headers`) with every request."""
+    headers of `headers_file` (see `write_headers`) with every request; `script` is the Lua
+    script (another one must take the same arguments and print the same BENCH_JSON line)."""
     threads = max(1, min(threads, connections))
     argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            f"--timeout={max(1, round(timeout_s))}s", "--latency", "-s", str(SCRIPT),
+            f"--timeout={max(1, round(timeout_s))}s", "--latency", "-s", str(script),
             f"http://127.0.0.1:{port}", "--", str(paths_file)]
     if headers_file is not None:
         argv.append(str(headers_file))

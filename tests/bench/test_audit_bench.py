@@ -45,12 +45,11 @@ from bench.audit_chain import (
     render_profile,
     run_order,
     run_rows,
-    run_wrk_script,
     throughput_ratios,
     write_section,
 )
 from bench.sections import replace_section
-from bench.wrk import SCRIPT, WrkResult, write_paths
+from bench.wrk import SCRIPT, WrkResult, run_wrk, write_paths
 
 NO_ERRORS = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
 
@@ -237,8 +236,8 @@ def test_the_paced_script_holds_wrk_to_the_rate(tmp_path: Path,
     paths = write_paths(tmp_path / "paths", ["/fhir/Patient/pat-1", "/fhir/Observation/obs-1"])
     script = tmp_path / "paced.lua"
     script.write_text(paced_script(200, 2))
-    result = run_wrk_script(shutil.which("wrk") or "wrk", port, script, paths, seconds=2,
-                            connections=16, threads=2)
+    result = run_wrk(shutil.which("wrk") or "wrk", port, paths, seconds=2, connections=16,
+                     threads=2, script=script)
     assert result.failed == 0
     # 16 connections would send thousands of requests/s to a server answering in under a
     # millisecond: the cap is the pacing (the first request of each connection is not
