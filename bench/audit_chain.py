@@ -50,7 +50,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -64,12 +63,12 @@ from typing import Any
 import httpx
 import orjson
 
+from bench import sections
 from bench.auth_overhead import BenchError, check_paths, group_cpu_seconds, system_paths
 from bench.load import DatasetSpec, dir_bytes, load_dataset, working_copy
 from bench.profile import Recording, ensure_py_spy, summarize
 from bench.report import _num
-from bench.sections import replace_section
-from bench.server import HOST, REPO, ServerProcess, yilian_server
+from bench.server import HOST, REPO, ServerProcess, stop_on_signals, yilian_server
 from bench.stats import Metric
 from bench.wrk import SCRIPT, WrkResult, ensure_wrk, run_wrk, write_paths
 
@@ -765,8 +764,7 @@ def render(results: dict[str, Any]) -> str:
 
 def write_section(docs: Path, section: str) -> None:
     """Set the `audit-chain` section of docs/performance.md, keeping every other section."""
-    text = docs.read_text(encoding="utf-8") if docs.exists() else "# Performance\n"
-    docs.write_text(replace_section(text, SECTION, section), encoding="utf-8")
+    sections.write_section(docs, SECTION, section)
 
 
 def anvil_version() -> str:
@@ -780,9 +778,6 @@ def anvil_version() -> str:
     text = out.stdout.strip().splitlines()
     return text[0].removeprefix("anvil Version: ").strip() if text else "unknown"
 
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def parse_args(argv: list[str] | None) -> tuple[AuditConfig, argparse.Namespace]:
@@ -842,8 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     if args.render is not None:
         return rerender(args.render, args.out)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    stop_on_signals()
     from app.config import Settings
     from bench.run import load_average, machine_info
 

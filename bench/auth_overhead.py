@@ -41,7 +41,6 @@ import http.client
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,11 +54,11 @@ from urllib.parse import quote
 
 import orjson
 
+from bench import sections
 from bench.load import DatasetSpec, dir_bytes, load_dataset, working_copy
 from bench.profile import Recording, ensure_py_spy, summarize
 from bench.report import _num
-from bench.sections import replace_section
-from bench.server import HOST, REPO, ServerProcess, yilian_server
+from bench.server import HOST, REPO, ServerProcess, stop_on_signals, yilian_server
 from bench.stats import Metric
 from bench.wrk import WrkResult, ensure_wrk, run_wrk, write_headers, write_paths
 
@@ -532,9 +531,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
 
 def parse_args(argv: list[str] | None) -> tuple[AuthConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m bench.auth_overhead", description=__doc__,
@@ -582,8 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     if args.render is not None:
         return rerender(args.render, args.out)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    stop_on_signals()
     from app.config import Settings
     from bench.run import load_average, machine_info
 
@@ -745,8 +740,7 @@ def rerender(results_json: Path, out: Path) -> int:
 def write_section(docs: Path, section: str) -> None:
     """Set the `auth-overhead` section of docs/performance.md, keeping everything else (the
     sections `bench.run` and `bench.import_cn` write)."""
-    text = docs.read_text(encoding="utf-8") if docs.exists() else "# Performance\n"
-    docs.write_text(replace_section(text, SECTION, section), encoding="utf-8")
+    sections.write_section(docs, SECTION, section)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -59,7 +58,14 @@ from bench.load import (
 from bench.profile import PY_SPY_VERSION, Recording, ensure_py_spy, summarize
 from bench.report import render
 from bench.sections import carry_sections
-from bench.server import HOST, REPO, ServerProcess, baseline_server, yilian_server
+from bench.server import (
+    HOST,
+    REPO,
+    ServerProcess,
+    baseline_server,
+    stop_on_signals,
+    yilian_server,
+)
 from bench.stats import Measurement, Metric
 from bench.wrk import WrkResult, ensure_wrk, run_wrk, write_paths, wrk_version
 
@@ -457,9 +463,6 @@ def run_profile_workload(bench: Bench, server: ServerProcess, ident: str,
 
 # -- the run ----------------------------------------------------------------------------------
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
 
 def attempt(bench: Bench, title: str, fn: Callable[[], Measurement]) -> Measurement | None:
     """Run one measurement; a failure is recorded as a problem and the run goes on."""
@@ -501,8 +504,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    stop_on_signals()
     wrk = ensure_wrk()
     spy = None if args.no_profile else ensure_py_spy()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

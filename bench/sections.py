@@ -7,6 +7,7 @@ the other's section as it was, so one file holds every measured number.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -31,3 +32,10 @@ def carry_sections(old: str, new: str) -> str:
         if _markers(name)[0] not in new:
             new = replace_section(new, name, body)
     return new
+
+
+def write_section(docs: Path, name: str, body: str) -> None:
+    """Set section `name` of `docs` to `body`, keeping everything else (a new document when
+    there is none)."""
+    text = docs.read_text(encoding="utf-8") if docs.exists() else "# Performance\n"
+    docs.write_text(replace_section(text, name, body), encoding="utf-8")
