@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from web3 import Web3
 
+from app.chain.devchain import DevChain
 from app.config import Settings
 from app.server import create_app
 
@@ -89,3 +91,18 @@ def condition(patient_id: str, code: str = "E11.900", display: str = "2型糖尿
 
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+# A dev chain (anvil from node_modules) per test session, for the chain and audit suites; each
+# test deploys the contracts it needs, so tests never see each other's entries.
+@pytest.fixture(scope="session")
+def chain() -> Iterator[DevChain]:
+    with DevChain() as dev:
+        yield dev
+
+
+@pytest.fixture(scope="session")
+def w3(chain: DevChain) -> Web3:
+    w3 = Web3(Web3.HTTPProvider(chain.url))
+    assert w3.is_connected()
+    return w3

@@ -31,7 +31,6 @@ from app.audit.hashing import (
     version_entry,
 )
 from app.chain.artifacts import load_artifact
-from app.chain.devchain import DevChain
 from app.consent.chain import decisions_of
 from app.storage.sqlite_schema import AUDIT_SCHEMA, SCHEMA
 
@@ -292,19 +291,6 @@ class Store:
             (ref,)).fetchone()
         return {"chainId": chain_id, "contract": contract, "txHash": tx_hash,
                 "blockNumber": block, "logIndex": first_log + pos}
-
-
-@pytest.fixture(scope="session")
-def chain() -> Iterator[DevChain]:
-    with DevChain() as dev:
-        yield dev
-
-
-@pytest.fixture(scope="session")
-def w3(chain: DevChain) -> Web3:
-    w3 = Web3(Web3.HTTPProvider(chain.url))
-    assert w3.is_connected()
-    return w3
 
 
 def deploy(w3: Web3, name: str, writers: Sequence[str]) -> Contract:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,6 @@ from web3.exceptions import ContractCustomError
 from web3.types import TxReceipt
 
 from app.chain.artifacts import load_artifact
-from app.chain.devchain import DevChain
 
 # The server secret for keyed hashes: a fixed test key, so hashes are stable across runs.
 HMAC_KEY = bytes.fromhex("5d1f0c3a9b7e4f2a8c6d0e1b3a5f7c9e2d4b6a8f0c1e3d5b7a9c2e4f6b8d0a1c")
@@ -37,19 +35,6 @@ class Nodes:
     peking_union: str  # 北京协和医院's writer node
     west_china: str  # 四川大学华西医院's writer node
     outsider: str
-
-
-@pytest.fixture(scope="session")
-def chain() -> Iterator[DevChain]:
-    with DevChain() as dev:
-        yield dev
-
-
-@pytest.fixture(scope="session")
-def w3(chain: DevChain) -> Web3:
-    w3 = Web3(Web3.HTTPProvider(chain.url))
-    assert w3.is_connected()
-    return w3
 
 
 @pytest.fixture(scope="session")
