@@ -228,11 +228,7 @@ def build_authorize_router(keyring: Keyring, settings: Settings, *, service: Fhi
 
     def server_for(auth_store: AuthStore, request: Request) -> SmartAuthorizationServer:
         return build_server(store=auth_store, keyring=keyring, issuer=urls.issuer,
-                            fhir_base=urls.fhir_base,
-                            access_token_seconds=settings.access_token_seconds,
-                            code_seconds=settings.code_seconds,
-                            offline_refresh_days=settings.offline_refresh_days,
-                            session_idle_minutes=settings.session_idle_minutes,
+                            fhir_base=urls.fhir_base, settings=settings,
                             jwks_fetcher=jwks_fetcher(request), clock=clock)
 
     def open_store(request: Request) -> AuthStore:

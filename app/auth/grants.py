@@ -60,6 +60,7 @@ from app.auth.rfc7523_backend import JwksFetcher, OAuthError, check_client_asser
 from app.auth.scopes import ScopeSet, narrow, parse_scopes, within
 from app.auth.sessions import ABSOLUTE_SECONDS, session_alive
 from app.auth.store import AuthCode, AuthStore, Client, Grant, RefreshToken, hash_secret
+from app.config import Settings
 
 log = logging.getLogger("yilian.auth.grants")
 
@@ -497,16 +498,15 @@ def origin_of(url: str) -> str:
 
 
 def build_server(*, store: AuthStore, keyring: Keyring, issuer: str, fhir_base: str,
-                 access_token_seconds: int, code_seconds: int, offline_refresh_days: int,
-                 session_idle_minutes: int, jwks_fetcher: JwksFetcher | None,
+                 settings: Settings, jwks_fetcher: JwksFetcher | None,
                  clock: Callable[[], float] = time.time) -> SmartAuthorizationServer:
     """The server for one request, with the lifetimes from the settings."""
-    idle = session_idle_minutes * 60.0
+    idle = settings.session_idle_minutes * 60.0
     return SmartAuthorizationServer(
         store=store, keyring=keyring, issuer=issuer, fhir_base=fhir_base,
         token_url=issuer + "/token", style_url=issuer + "/style.json",
-        access_token_seconds=access_token_seconds, code_seconds=code_seconds,
-        offline_refresh_seconds=offline_refresh_days * 86400.0,
+        access_token_seconds=settings.access_token_seconds, code_seconds=settings.code_seconds,
+        offline_refresh_seconds=settings.offline_refresh_days * 86400.0,
         session_seconds=float(ABSOLUTE_SECONDS),
         session_alive=lambda h: session_alive(store, h, idle, clock()),
         jwks_fetcher=jwks_fetcher, clock=clock)

@@ -346,13 +346,8 @@ def build_token_router(keyring: Keyring, base_url: str, *, store: StoreGetter,
         auth_store = store(request)
         if auth_store is None:
             raise _NotOpen
-        settings = request.app.state.settings
         server = build_server(store=auth_store, keyring=keyring, issuer=urls.issuer,
-                              fhir_base=urls.fhir_base,
-                              access_token_seconds=settings.access_token_seconds,
-                              code_seconds=settings.code_seconds,
-                              offline_refresh_days=settings.offline_refresh_days,
-                              session_idle_minutes=settings.session_idle_minutes,
+                              fhir_base=urls.fhir_base, settings=request.app.state.settings,
                               jwks_fetcher=jwks_fetcher(request), clock=clock)
         header = request.headers.get("authorization")
         if header is not None and header.strip().lower().startswith("basic "):
