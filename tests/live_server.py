@@ -22,7 +22,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,16 +33,11 @@ from typing import Any
 import httpx
 import pytest
 
+from app.chain.devchain import free_loopback_port, loopback_port_is_free
+
 REPO = Path(__file__).resolve().parents[1]
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 STARTUP_LINE = "Application startup complete"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _serve_command() -> list[str]:
@@ -67,7 +61,7 @@ class LiveServer:
         self.var_dir = var_dir
         self.workers = workers
         self.extra_env = dict(env or {})
-        self.port = free_port()
+        self.port = free_loopback_port()
         self.log_path = var_dir.parent / f"{var_dir.name}-server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -119,8 +113,8 @@ class LiveServer:
             raise RuntimeError(f"the server on port {self.port} is already running")
         self.var_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
-            if attempt or not _port_is_free(self.port):
-                self.port = free_port()
+            if attempt or not loopback_port_is_free(self.port):
+                self.port = free_loopback_port()
             if self._spawn_and_wait(timeout):
                 return self
         raise RuntimeError(f"yilian serve did not start after 3 attempts; its output:\n"
@@ -236,16 +230,6 @@ class LiveServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _group_alive(pgid: int) -> bool:

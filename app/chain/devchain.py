@@ -43,9 +43,21 @@ def anvil_binary(node_modules: Path = REPO_ROOT / "node_modules") -> Path:
 
 
 def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def loopback_port_is_free(port: int) -> bool:
+    """Whether `port` of 127.0.0.1 can be bound right now (to reuse a recorded port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def rpc(url: str, method: str, params: list[object] | None = None, timeout: float = 5.0) -> object:

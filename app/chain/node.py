@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from app.chain.deploy import (
     fund_dev_account,
     has_writer_role,
 )
-from app.chain.devchain import DevChain, DevChainError
+from app.chain.devchain import DevChain, DevChainError, loopback_port_is_free
 from app.config import Settings
 
 log = logging.getLogger("yilian.chain")
@@ -401,7 +400,7 @@ def _start_anvil(settings: Settings, record: dict[str, Any] | None) -> DevChain:
     port = 0
     if record is not None:
         parts = urlsplit(str(record["rpc_url"]))
-        if parts.hostname == "127.0.0.1" and parts.port and _port_is_free(parts.port):
+        if parts.hostname == "127.0.0.1" and parts.port and loopback_port_is_free(parts.port):
             port = parts.port
     state = settings.chain_dir / STATE_FILE
     try:
@@ -422,16 +421,6 @@ def _start_anvil(settings: Settings, record: dict[str, Any] | None) -> DevChain:
         time.sleep(0.1)
         return DevChain(port=0, state_file=state,
                         state_interval=settings.chain_state_interval).start()
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 # -- node key -----------------------------------------------------------------------------------
