@@ -569,13 +569,19 @@ def _check_audit(conn: sqlite3.Connection, batches: dict[int, _Batch], rpc: Chai
             report.add(Problem("missing", subject, f"batch {batch_id} entry {pos}: {found}", seq))
             continue
         reason = _access_log_problem(found, expected[:32], expected[32:64], expected[64])
-        if reason is None:
-            report.counts["verified"] += 1
-        elif reason.startswith("altered"):
-            report.add(Problem("altered", subject, reason, seq))
-        else:
-            report.add(Problem("missing", subject, f"batch {batch_id} entry {pos}: {reason}", seq))
+        _record(report, subject, reason, batch_id, pos, seq)
     return blocks
+
+
+def _record(report: Report, subject: str, reason: str | None, batch_id: int, pos: int,
+            seq: int) -> None:
+    """Count an entry checked against its log: verified, altered, or missing from the chain."""
+    if reason is None:
+        report.counts["verified"] += 1
+    elif reason.startswith("altered"):
+        report.add(Problem("altered", subject, reason, seq))
+    else:
+        report.add(Problem("missing", subject, f"batch {batch_id} entry {pos}: {reason}", seq))
 
 
 def _parse_ref(ref: str) -> tuple[str, str, int] | None:
@@ -625,12 +631,7 @@ def _check_outbox(conn: sqlite3.Connection, batches: dict[int, _Batch], keyer: K
             reason = _version_log_problem(found, payload[:32], payload[32:], ref)
         else:
             reason = _consent_log_problem(found, payload)
-        if reason is None:
-            report.counts["verified"] += 1
-        elif reason.startswith("altered"):
-            report.add(Problem("altered", ref, reason, seq))
-        else:
-            report.add(Problem("missing", ref, f"batch {batch_id} entry {pos}: {reason}", seq))
+        _record(report, ref, reason, batch_id, pos, seq)
 
 
 def _consent_entries(conn: sqlite3.Connection, ref: tuple[str, str, int], body: bytes,
