@@ -433,8 +433,9 @@ class SqliteStore:
             else:
                 self._uow = self._uow_task = None
                 await self._in_writer(lambda: uow.conn.execute("COMMIT"))
-                if uow.inbox_dirty:
-                    await self.audit.move()
+        if uow.inbox_dirty:
+            # after the lock: the next write need not wait for this one's AuditEvents to move
+            await self.audit.move()
 
     # -- audit trail and chain outbox (app/audit/, app/chain/anchorer.py) ------------------------
 
