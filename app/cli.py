@@ -13,6 +13,7 @@ from app.audit.commands import add_audit_commands
 from app.auth.commands import AUTH_COMMANDS, UsageError, add_auth_commands
 from app.cnemr.datasets import DATASETS as DATASET_NAMES
 from app.config import Settings
+from app.heap import freeze_startup_heap
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,6 +116,7 @@ def _anchor(args: argparse.Namespace) -> int:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(AUDIT_SCHEMA)
     anchorer = Anchorer(settings.audit_path, settings, HandleSource(settings))
+    freeze_startup_heap()  # web3 and the contracts' ABIs: kept for the process's life
 
     async def run() -> None:
         task = asyncio.create_task(anchorer.run())

@@ -44,6 +44,7 @@ from app.fhir.interactions import FhirService
 from app.fhir.outcome import FhirError, Issue, error, outcome_bytes
 from app.fhir.profile_validation import ProfileValidator
 from app.fhir.rest import FHIR_JSON, FastRead, build_router
+from app.heap import freeze_startup_heap
 from app.pipeline.hooks import Hooks, NoAudit
 from app.search.dates import now_instant, parse_offset
 from app.search.extract import Indexer
@@ -185,7 +186,11 @@ async def stop_anchoring(anchoring: tuple[Any, Any] | None) -> None:
     anchorer.close()
 
 
-def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, hooks: Hooks | None = None, *,
+               freeze_heap: bool = False) -> FastAPI:
+    """The Yilian ASGI app. `freeze_heap` (a serving process, app/asgi.py): once started, the
+    objects of its start-up — FHIR definitions, profiles, search parameters, some hundreds of
+    thousands — leave the cyclic garbage collector's reach (`freeze_startup_heap`)."""
     settings = settings or Settings()
     keyring = Keyring(settings.keys_dir, settings.token_alg)
     if hooks is None:
@@ -221,6 +226,8 @@ def create_app(settings: Settings | None = None, hooks: Hooks | None = None) -> 
         jwks_fetcher = HttpJwksFetcher()
         app.state.auth_store, app.state.jwks_fetcher = auth_store, jwks_fetcher
         anchoring = start_anchoring(settings, chain_handle)
+        if freeze_heap:
+            freeze_startup_heap()
         try:
             yield
         finally:

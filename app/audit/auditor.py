@@ -3,9 +3,11 @@
 `ChainAuditor.record` turns an `AuditRecord` into one AuditEvent per patient touched (see
 `app/audit/events.py`), each with its 65-byte access entry, and, for writes, a version anchor per
 written version and the consent decisions of written Consents. A write's rows go into its own
-unit of work (they commit or roll back with it); a read's are group-committed before the
-response leaves (`SqliteStore.append_audit`), so no access is answered unrecorded. The anchoring
-worker (`app/chain/anchorer.py`) takes them from there.
+unit of work (they commit or roll back with it). A read is recorded as one raw access per
+patient touched (`app/audit/sealing.py`), group-committed before the response leaves
+(`SqliteStore.append_access`), so no access is answered unrecorded; sealing builds their
+AuditEvents off the request path. The anchoring worker (`app/chain/anchorer.py`) takes them from
+there.
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ from typing import Any
 
 import orjson
 
-from app.audit import events
-from app.audit.hashing import Keyer, access_entry, canonical_json, sha256, version_entry
+from app.audit import events, sealing
+from app.audit.hashing import Keyer, version_entry
 from app.auth.compartment import PatientCompartment
 from app.consent.chain import decisions_of, deletion_decisions
 from app.fhir.outcome import error
 from app.pipeline.hooks import AuditRecord, Principal
 from app.search.dates import format_instant_ms
-from app.storage.base import AuditRow, OutboxRow, Store, StoredVersion, UnitOfWork
+from app.storage.base import AuditRow, OutboxRow, RawAccess, Store, StoredVersion, UnitOfWork
 
 log = logging.getLogger("yilian.audit")
 
 # (type, id, version) -> patient ids: versions never change, so this never goes stale
 _CACHE_SIZE = 100_000
+# With a chain, the anchoring worker seals reads' raw accesses every round; a worker's
+# housekeeping seals only those that waited longer than this (no anchoring worker running).
+SEAL_GRACE_MS = 2000
 
 ConsentDecisions = Callable[[dict[str, Any], bytes, Keyer], list[tuple[str, bytes]]]
 
@@ -50,7 +55,8 @@ class ChainAuditor:
         self.fail_closed = fail_closed and chain_enabled
         self.fail_closed_lag_ms = fail_closed_lag_seconds * 1000
         self._patients: OrderedDict[tuple[str, str, int], tuple[str, ...]] = OrderedDict()
-        self._patient_keys: dict[str, bytes] = {}
+        self.sealer = sealing.Sealer(keyer)
+        store.use_sealer(self.sealer, SEAL_GRACE_MS if chain_enabled else 0)
         self._lag_checked = 0.0
         self._lag_ok = True
         # AuditEvent ids: a random prefix per process and a counter (unique across workers and
@@ -66,6 +72,10 @@ class ChainAuditor:
 
     async def record(self, record: AuditRecord, tx: UnitOfWork | None = None) -> None:
         now_ms = int(time.time() * 1000)
+        if tx is None and not record.written and not self.store.in_unit_of_work():
+            # a read: raw accesses now, AuditEvents when sealed (app/audit/sealing.py)
+            await self.store.append_access(self._raw(record, now_ms))
+            return
         recorded = format_instant_ms(now_ms)
         audit = [self._row(event, now_ms, patient, record.principal)
                  for patient, event in self._events(record, recorded)]
@@ -110,8 +120,8 @@ class ChainAuditor:
 
     # -- building -------------------------------------------------------------------------
 
-    def _events(self, record: AuditRecord, recorded: str,
-                ) -> list[tuple[str | None, dict[str, Any]]]:
+    def _groups(self, record: AuditRecord) -> dict[str | None, list[StoredVersion]]:
+        """The versions of `record` by the patient whose compartment holds them."""
         groups: dict[str | None, list[StoredVersion]] = {}
         if len(record.versions) == 1:  # a read: the common case, without the grouping
             v = record.versions[0]
@@ -129,22 +139,26 @@ class ChainAuditor:
             patient = record.principal.patient or (
                 it.resource_id if it.resource_type == "Patient" else None)
             groups[patient] = []
-        out = []
-        for patient, versions in groups.items():
-            event = events.rest_event(self.new_id(), recorded, record.interaction,
-                                      record.status, record.principal, patient,
-                                      self._patient_key(patient), versions, self.source,
-                                      record.query, record.detail)
-            out.append((patient, event))
-        return out
+        return groups
+
+    def _raw(self, record: AuditRecord, now_ms: int) -> list[RawAccess]:
+        return [sealing.encode(self.new_id(), now_ms, patient, record.interaction,
+                               record.status, record.principal, self.source, record.query,
+                               record.detail, [events.version_ref(v) for v in versions])
+                for patient, versions in self._groups(record).items()]
+
+    def _events(self, record: AuditRecord, recorded: str,
+                ) -> list[tuple[str | None, dict[str, Any]]]:
+        return [(patient, events.rest_event(
+                    self.new_id(), recorded, record.interaction, record.status,
+                    record.principal, patient, self._patient_key(patient),
+                    [events.version_ref(v) for v in versions], self.source, record.query,
+                    record.detail))
+                for patient, versions in self._groups(record).items()]
 
     def _row(self, event: dict[str, Any], now_ms: int, patient: str | None,
              principal: Principal) -> AuditRow:
-        body = canonical_json(event)
-        key = self._patient_key(patient)
-        return AuditRow(event["id"], now_ms, patient, event["action"], event["outcome"],
-                        principal.fhir_user or principal.subject, principal.client_id, body,
-                        access_entry(sha256(body), key, event["action"]))
+        return sealing.audit_row(event, now_ms, patient, principal, self._patient_key(patient))
 
     async def _anchors(self, versions: Sequence[StoredVersion], now_ms: int,
                        ) -> list[OutboxRow]:
@@ -167,14 +181,7 @@ class ChainAuditor:
         return out
 
     def _patient_key(self, patient: str | None) -> bytes:
-        if patient is None:
-            return self.keyer.patient(None)
-        key = self._patient_keys.get(patient)
-        if key is None:
-            if len(self._patient_keys) > _CACHE_SIZE:
-                self._patient_keys.clear()
-            key = self._patient_keys[patient] = self.keyer.patient(patient)
-        return key
+        return self.sealer.patient_key(patient)
 
     def patients_of(self, v: StoredVersion) -> tuple[str, ...]:
         """Ids of the patients whose compartment holds version `v` (a deletion: none, unless it

@@ -111,8 +111,13 @@ def agents(principal: Principal) -> list[dict[str, Any]]:
     return out
 
 
-def entity_of(v: StoredVersion) -> dict[str, Any]:
-    return {"what": {"reference": f"{v.type}/{v.id}/_history/{v.version}"},
+def version_ref(v: StoredVersion) -> str:
+    return f"{v.type}/{v.id}/_history/{v.version}"
+
+
+def entity_of(ref: str) -> dict[str, Any]:
+    """A version touched, by its Type/id/_history/version reference."""
+    return {"what": {"reference": ref},
             "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"}}
 
 
@@ -124,8 +129,10 @@ def patient_entity(patient_id: str) -> dict[str, Any]:
 
 def rest_event(id_: str, recorded: str, interaction: Interaction, status: int,
                principal: Principal, patient: str | None, patient_key: bytes,
-               versions: Sequence[StoredVersion], source: str, query: str | None,
+               refs: Sequence[str], source: str, query: str | None,
                detail: str | None) -> dict[str, Any]:
+    """A RESTful interaction's AuditEvent; `refs`: Type/id/_history/version of every version
+    it returned or wrote (`version_ref`)."""
     code, action = action_of(interaction)
     subtype = [{"system": RESTFUL, "code": code}]
     if interaction.operation:
@@ -140,13 +147,13 @@ def rest_event(id_: str, recorded: str, interaction: Interaction, status: int,
                        "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
                        "description": target,
                        "query": base64.b64encode(query.encode()).decode()})
-    elif interaction.resource_type and not versions:
+    elif interaction.resource_type and not refs:
         ref = interaction.resource_type + (f"/{interaction.resource_id}"
                                            if interaction.resource_id else "")
         entity.append({"what": {"reference": ref},
                        "type": {"system": ENTITY_TYPE, "code": "2",
                                 "display": "System Object"}})
-    entity.extend(entity_of(v) for v in versions)
+    entity.extend(entity_of(ref) for ref in refs)
     return _event(id_, recorded, REST_TYPE, subtype, action, status, principal, patient,
                   patient_key, entity, source, detail)
 

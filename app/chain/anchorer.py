@@ -51,6 +51,8 @@ from eth_abi import decode as abi_decode
 from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint
 
+from app.audit.hashing import Keyer
+from app.audit.sealing import Sealer
 from app.chain.artifacts import CONTRACTS, load_artifact
 from app.chain.lease import RENEW_S, Lease, holds, new_holder, now_ms
 from app.chain.node import (
@@ -61,6 +63,8 @@ from app.chain.node import (
     redeploy,
 )
 from app.config import Settings
+from app.storage.sqlite_audit import raw_path_of, seal_raw
+from app.storage.sqlite_schema import RAW_SCHEMA
 
 log = logging.getLogger("yilian.chain.anchorer")
 
@@ -266,6 +270,11 @@ class Anchorer:
         self.holder = holder or new_holder()
         self._db = _connect(db_path)
         self._lease = Lease(_connect(db_path), LEASE_NAME, self.holder)
+        # reads' raw accesses become AuditEvents here, off the servers' request paths
+        self._sealer = Sealer(Keyer.in_var_dir(settings.var_dir))
+        self._raw = _connect(raw_path_of(db_path))
+        self._raw.execute("PRAGMA synchronous=NORMAL")  # deletes of what the audit file holds
+        self._raw.executescript(RAW_SCHEMA)
         self._rpc: Rpc | None = None
         self._orphaned_below = -1  # epochs below this were orphaned already
         self._recheck = True  # re-check recent confirmations when the lease is (re)taken
@@ -322,6 +331,7 @@ class Anchorer:
         finally:
             self._lease.conn.close()
             self._db.close()
+            self._raw.close()
 
     def _try_acquire(self) -> bool:
         try:
@@ -395,6 +405,7 @@ class Anchorer:
     # -- one round --------------------------------------------------------------------------
 
     def _round(self) -> tuple[int, bool]:
+        seal_raw(self._raw, self._db, self._sealer)
         handle = self._handle()
         if handle is None:
             return 0, False

@@ -11,7 +11,7 @@ indexes the same values; what it does with them (tables, multikey arrays) is its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -86,6 +86,21 @@ class AuditRow:
     client: str | None
     body: bytes  # canonical JSON of the AuditEvent without meta and proof
     entry: bytes  # entryHash | patientHash | action code
+
+
+@dataclass(frozen=True, slots=True)
+class RawAccess:
+    """A read's access as recorded on the request path, before it is sealed into its AuditEvent
+    (`app/audit/sealing.py`)."""
+
+    id: str  # the AuditEvent's id
+    recorded_ms: int
+    patient: str | None
+    data: bytes  # the facts the AuditEvent is built from (JSON array, sealing.FORMAT)
+
+
+# Raw accesses -> their AuditEvent rows (app/audit/sealing.py: Sealer)
+SealFn = Callable[[Sequence[RawAccess]], list[AuditRow]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +202,24 @@ class Store(Protocol):
     async def append_audit(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> None:
         """Store AuditEvents and chain entries durably (group-committed); returns once they are
         committed."""
+        ...
+
+    async def append_access(self, raw: Sequence[RawAccess]) -> None:
+        """Store reads' raw accesses durably (group-committed) for sealing later; returns once
+        they are committed. Not inside a unit of work (`in_unit_of_work`)."""
+        ...
+
+    def in_unit_of_work(self) -> bool:
+        """Is the calling task inside its own unit of work (a transaction bundle)?"""
+        ...
+
+    def use_sealer(self, seal: SealFn, grace_ms: int) -> None:
+        """How raw accesses become AuditEvents; housekeeping seals those older than
+        `grace_ms` (the anchoring worker seals the rest)."""
+        ...
+
+    async def seal_accesses(self) -> None:
+        """Seal every raw access now (before the audit trail is read)."""
         ...
 
     async def audit_get(self, id_: str) -> StoredAudit | None: ...

@@ -42,6 +42,8 @@ from app.storage.base import (
     HistoryPage,
     HistoryQuery,
     OutboxRow,
+    RawAccess,
+    SealFn,
     SearchPage,
     StoredAudit,
     StoredVersion,
@@ -452,10 +454,26 @@ class SqliteStore:
             return
         await self.audit.append(audit, outbox)
 
+    async def append_access(self, raw: Sequence[RawAccess]) -> None:
+        """Reads' raw accesses (app/audit/sealing.py), group-committed: durable when this
+        returns."""
+        await self.audit.append((), (), raw)
+
+    def in_unit_of_work(self) -> bool:
+        return self._uow is not None and self._uow_task is asyncio.current_task()
+
+    def use_sealer(self, seal: SealFn, grace_ms: int) -> None:
+        self.audit.use_sealer(seal, grace_ms)
+
+    async def seal_accesses(self) -> None:
+        await self.audit.seal_now()
+
     async def audit_get(self, id_: str) -> StoredAudit | None:
+        await self.audit.seal_now()
         return await self._in_reader(lambda _: self.audit.get(self.audit.reader(), id_))
 
     async def audit_search(self, query: AuditQuery) -> tuple[list[StoredAudit], int]:
+        await self.audit.seal_now()
         return await self._in_reader(lambda _: self.audit.search(self.audit.reader(), query))
 
     async def version_proof(self, type_: str, id_: str, version: int,

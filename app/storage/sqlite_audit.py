@@ -21,20 +21,31 @@ second (PASSIVE), so no request waits for a checkpoint.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.storage.base import AuditQuery, AuditRow, ChainProof, OutboxRow, StoredAudit
-from app.storage.sqlite_schema import AUDIT_SCHEMA
+from app.storage.base import (
+    AuditQuery,
+    AuditRow,
+    ChainProof,
+    OutboxRow,
+    RawAccess,
+    SealFn,
+    StoredAudit,
+)
+from app.storage.sqlite_schema import AUDIT_SCHEMA, RAW_SCHEMA
 
 log = logging.getLogger("yilian.audit")
 T = TypeVar("T")
 MOVE_CHUNK = 5000
+SEAL_CHUNK = 5000  # raw accesses sealed per transaction
 
 # An AuditEvent with the proof of its batch once that batch is confirmed on chain.
 _AUDIT_SQL = ("SELECT a.seq, a.id, a.recorded_ms, a.patient, a.action, a.outcome, a.agent, "
@@ -44,6 +55,11 @@ _AUDIT_SQL = ("SELECT a.seq, a.id, a.recorded_ms, a.patient, a.action, a.outcome
 _AUDIT_COLUMNS = "id, recorded_ms, patient, action, outcome, agent, client, body, entry"
 
 
+def raw_path_of(audit_path: Path) -> Path:
+    """The file of reads' raw accesses beside the audit file: var/audit.raw.sqlite3."""
+    return audit_path.with_name(f"{audit_path.stem}.raw{audit_path.suffix}")
+
+
 class SqliteAuditTrail:
     """AuditEvents and chain entries in `path`, with the inbox of the resource file `store_path`
     (`connect` opens a connection the way the store does)."""
@@ -51,15 +67,20 @@ class SqliteAuditTrail:
     def __init__(self, path: Path, store_path: Path,
                  connect: Callable[[Path], sqlite3.Connection]) -> None:
         self.path = path
+        self.raw_path = raw_path_of(path)
         self.store_path = store_path
         self._connect = connect
         self._inline: sqlite3.Connection | None = None
         self._waiting: sqlite3.Connection | None = None  # audit thread only
+        self._raw_inline: sqlite3.Connection | None = None  # the raw file, on the event loop
+        self._raw_waiting: sqlite3.Connection | None = None  # the raw file, audit thread only
         self._inbox: sqlite3.Connection | None = None  # audit thread only: the resource file
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._queue: list[tuple[Sequence[AuditRow], Sequence[OutboxRow],
-                                asyncio.Future[None]]] = []
+                                Sequence[RawAccess], asyncio.Future[None]]] = []
+        self._seal: SealFn | None = None
+        self._seal_grace_ms = 0
         self._flusher: asyncio.Task[None] | None = None
         self._housekeeper: asyncio.Task[None] | None = None
         self._move_lock = asyncio.Lock()
@@ -70,8 +91,12 @@ class SqliteAuditTrail:
         self._waiting = self._connect(self.path)
         self._waiting.executescript(AUDIT_SCHEMA)
         self._inline = self._connect(self.path)
-        self._inline.execute("PRAGMA busy_timeout=0")
-        self._inline.execute("PRAGMA wal_autocheckpoint=0")
+        self._raw_waiting = self._connect(self.raw_path)
+        self._raw_waiting.executescript(RAW_SCHEMA)
+        self._raw_inline = self._connect(self.raw_path)
+        for conn in (self._inline, self._raw_inline):
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         self._inbox = self._connect(self.store_path)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-audit")
         await self._in_thread(self._move_inbox)  # what a crash left in the inbox
@@ -85,10 +110,12 @@ class SqliteAuditTrail:
             await asyncio.gather(self._housekeeper, return_exceptions=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        for conn in (self._inline, self._waiting, self._inbox):
+        for conn in (self._inline, self._waiting, self._inbox, self._raw_inline,
+                     self._raw_waiting):
             if conn is not None:
                 conn.close()
         self._inline = self._waiting = self._inbox = None
+        self._raw_inline = self._raw_waiting = None
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -101,14 +128,23 @@ class SqliteAuditTrail:
             conn.execute("PRAGMA query_only=1")
         return conn
 
+    def raw_reader(self) -> sqlite3.Connection:
+        """This thread's read connection to the raw file."""
+        conn = getattr(self._local, "raw", None)
+        if conn is None:
+            conn = self._local.raw = self._connect(self.raw_path)
+            conn.execute("PRAGMA query_only=1")
+        return conn
+
     # -- writing -----------------------------------------------------------------------------
 
-    async def append(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> None:
+    async def append(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow],
+                     raw: Sequence[RawAccess] = ()) -> None:
         """Store rows durably (group commit); returns once they are committed."""
-        if not audit and not outbox:
+        if not audit and not outbox and not raw:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((audit, outbox, fut))
+        self._queue.append((audit, outbox, raw, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await fut
@@ -117,37 +153,47 @@ class SqliteAuditTrail:
         await asyncio.sleep(0)  # let the requests of this loop iteration queue theirs too
         while self._queue:
             batch, self._queue = self._queue, []
-            audit = [r for a, _, _ in batch for r in a]
-            outbox = [r for _, o, _ in batch for r in o]
+            audit = [r for a, _, _, _ in batch for r in a]
+            outbox = [r for _, o, _, _ in batch for r in o]
+            raw = [r for _, _, w, _ in batch for r in w]
             try:
-                if not self._try_commit(audit, outbox):
-                    await self._in_thread(self._commit, audit, outbox)
+                if raw:  # reads: the raw file
+                    await self._store(self._raw_inline, self._raw_waiting, (), (), raw)
+                if audit or outbox:  # authorization events and in-process callers
+                    await self._store(self._inline, self._waiting, audit, outbox, ())
             except Exception as exc:  # every waiter learns its audit was not stored
-                for _, _, fut in batch:
+                for _, _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
             else:
-                for _, _, fut in batch:
+                for _, _, _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)
 
-    def _try_commit(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> bool:
-        conn = self._inline
-        assert conn is not None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                return False
-            raise
-        _in_transaction(conn, insert_rows, conn, audit, outbox)
-        return True
+    async def _store(self, inline: sqlite3.Connection | None,
+                     waiting: sqlite3.Connection | None, audit: Sequence[AuditRow],
+                     outbox: Sequence[OutboxRow], raw: Sequence[RawAccess]) -> None:
+        """Commit inline when the file's write lock is free, else on the audit thread."""
+        assert inline is not None and waiting is not None
+        if not _try_commit(inline, audit, outbox, raw):
+            await self._in_thread(_commit, waiting, audit, outbox, raw)
 
-    def _commit(self, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow]) -> None:
-        conn = self._waiting
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        _in_transaction(conn, insert_rows, conn, audit, outbox)
+    # -- sealing raw accesses (app/audit/sealing.py) -------------------------------------------
+
+    def use_sealer(self, seal: SealFn, grace_ms: int) -> None:
+        self._seal = seal
+        self._seal_grace_ms = grace_ms
+
+    async def seal_now(self) -> None:
+        """Seal every raw access (before the trail is read), on the audit thread."""
+        if self._seal is not None:
+            await self._in_thread(self._seal_older, None)
+
+    def _seal_older(self, grace_ms: int | None) -> None:
+        assert self._waiting is not None and self._raw_waiting is not None
+        assert self._seal is not None
+        before = None if grace_ms is None else int(time.time() * 1000) - grace_ms
+        seal_raw(self._raw_waiting, self._waiting, self._seal, before)
 
     # -- the inbox of writes -------------------------------------------------------------------
 
@@ -179,7 +225,8 @@ class SqliteAuditTrail:
             _in_transaction(src, _forget, src, audit, outbox)
 
     async def _housekeeping(self) -> None:
-        """Every second: checkpoint the audit file's WAL and move any inbox leftovers."""
+        """Every second: checkpoint the WALs of the audit and raw files, move any inbox
+        leftovers, and seal raw accesses that waited longer than the grace period."""
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -188,9 +235,12 @@ class SqliteAuditTrail:
                 log.warning("audit trail housekeeping failed (retried): %s", exc)
 
     def _checkpoint_and_move(self) -> None:
-        assert self._waiting is not None
+        assert self._waiting is not None and self._raw_waiting is not None
         self._waiting.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self._raw_waiting.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self._move_inbox()
+        if self._seal is not None:
+            self._seal_older(self._seal_grace_ms)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -241,25 +291,89 @@ class SqliteAuditTrail:
                          "ORDER BY seq LIMIT 1").fetchone()
         o = conn.execute("SELECT min(recorded_ms) FROM chain_outbox "
                          "WHERE batch IS NULL").fetchone()
-        found = [v for v in (a[0] if a else None, o[0] if o else None) if v is not None]
+        r = self.raw_reader().execute(
+            "SELECT recorded_ms FROM audit_raw ORDER BY seq LIMIT 1").fetchone()
+        found = [v for v in (a[0] if a else None, o[0] if o else None, r[0] if r else None)
+                 if v is not None]
         return min(found) if found else None
 
 
+def seal_raw(raw: sqlite3.Connection, audit: sqlite3.Connection, seal: SealFn,
+             before_ms: int | None = None) -> int:
+    """Seal raw accesses (`raw`: the raw file) recorded before `before_ms`, or all, into
+    AuditEvents (`audit`: the audit file); how many.
+
+    Each chunk is built before any write lock is taken, committed to the audit file, then
+    deleted from the raw file: a crash in between leaves it in both, and sealing it again
+    inserts nothing (AuditEvent ids are unique: INSERT OR IGNORE) and deletes it. So concurrent
+    sealers (workers' housekeeping, the anchoring worker) never seal an access twice, and none
+    is ever lost. Raw seqs are never reused (AUTOINCREMENT), so a chunk is deleted by its last
+    seq.
+    """
+    done = 0
+    while True:
+        rows = raw.execute("SELECT seq, id, recorded_ms, patient, data FROM audit_raw "
+                           "ORDER BY seq LIMIT ?", (SEAL_CHUNK,)).fetchall()
+        full = len(rows) == SEAL_CHUNK
+        if before_ms is not None:  # the oldest ones: a prefix of the table
+            rows = list(itertools.takewhile(lambda r: r[2] < before_ms, rows))
+            full = full and len(rows) == SEAL_CHUNK
+        if not rows:
+            return done
+        sealed = seal([RawAccess(r[1], r[2], r[3], bytes(r[4])) for r in rows])
+        audit.execute("BEGIN IMMEDIATE")
+        _in_transaction(audit, _insert_sealed, audit, sealed)
+        raw.execute("DELETE FROM audit_raw WHERE seq <= ?", (rows[-1][0],))  # autocommit
+        done += len(rows)
+        if not full:
+            return done
+
+
+def _insert_sealed(conn: sqlite3.Connection, sealed: Sequence[AuditRow]) -> None:
+    insert_rows(conn, sealed, (), ignore=True)
+
+
+def _try_commit(conn: sqlite3.Connection, audit: Sequence[AuditRow],
+                outbox: Sequence[OutboxRow], raw: Sequence[RawAccess]) -> bool:
+    """Commit on `conn` (busy_timeout 0) unless its file's write lock is taken: False."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return False
+        raise
+    _in_transaction(conn, insert_rows, conn, audit, outbox, raw)
+    return True
+
+
+def _commit(conn: sqlite3.Connection, audit: Sequence[AuditRow], outbox: Sequence[OutboxRow],
+            raw: Sequence[RawAccess]) -> None:
+    """Commit on `conn`, waiting for the write lock (the audit thread)."""
+    conn.execute("BEGIN IMMEDIATE")
+    _in_transaction(conn, insert_rows, conn, audit, outbox, raw)
+
+
 def insert_rows(conn: sqlite3.Connection, audit: Sequence[AuditRow],
-                outbox: Sequence[OutboxRow], *, inbox: bool = False) -> None:
+                outbox: Sequence[OutboxRow], raw: Sequence[RawAccess] = (), *,
+                inbox: bool = False, ignore: bool = False) -> None:
     """Insert AuditEvents and chain entries: into the audit file, or (`inbox`) into the
     resource file's inbox within a write's transaction."""
     audit_table, outbox_table = ("audit_inbox", "outbox_inbox") if inbox else \
         ("audit", "chain_outbox")
     if audit:
         conn.executemany(
-            f"INSERT INTO {audit_table}({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT {'OR IGNORE ' if ignore else ''}INTO {audit_table}({_AUDIT_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(r.id, r.recorded_ms, r.patient, r.action, r.outcome, r.agent, r.client, r.body,
               r.entry) for r in audit])
     if outbox:
         conn.executemany(
             f"INSERT INTO {outbox_table}(kind, ref, payload, recorded_ms) VALUES (?, ?, ?, ?)",
             [(r.kind, r.ref, r.payload, r.recorded_ms) for r in outbox])
+    if raw:
+        conn.executemany("INSERT INTO audit_raw(id, recorded_ms, patient, data) "
+                         "VALUES (?, ?, ?, ?)",
+                         [(r.id, r.recorded_ms, r.patient, r.data) for r in raw])
 
 
 def _copy(conn: sqlite3.Connection, audit: list[Any], outbox: list[Any]) -> None:

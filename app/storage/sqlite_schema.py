@@ -17,6 +17,20 @@ SCHEMA_VERSION = 1
 # `batch` is NULL, its access entry waiting in the outbox; `chain_outbox` holds the other entries
 # (resource-version anchors, consent decisions). `chain_batch` is one transaction sent by the
 # anchoring worker: the proof of every row assigned to it (log index = first_log + pos).
+# Reads' accesses before they are sealed into AuditEvents (app/audit/sealing.py), in a file of
+# their own (var/audit.raw.sqlite3): a read commits here, where the anchoring worker's batches
+# never hold the write lock. No index but the rowid, so recording one appends a row to one
+# B-tree; AUTOINCREMENT, so a seq is never reused and a sealed range can be deleted by its bounds.
+RAW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_raw(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    patient TEXT,
+    data BLOB NOT NULL
+);
+"""
+
 AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -30,8 +30,10 @@ from app.audit.hashing import (
     entry_hash,
     version_entry,
 )
+from app.audit.sealing import Sealer
 from app.chain.artifacts import load_artifact
 from app.consent.chain import decisions_of
+from app.storage.sqlite_audit import raw_path_of, seal_raw
 from app.storage.sqlite_schema import AUDIT_SCHEMA, SCHEMA
 
 # The server secret (var/audit/secret) of the test hospital: fixed, so hashes are stable.
@@ -45,6 +47,15 @@ PATIENTS = [
     ("p-liuyang", "刘洋", "31011519781125101X", "15021436587", "BA2026110003"),
 ]
 PRACTITIONERS = [("doc-liqiang", "李强"), ("doc-chenjing", "陈静")]
+
+
+def seal(var_dir: Path) -> int:
+    """Seal the raw accesses of reads in `var_dir`'s audit file, as the anchoring worker does;
+    how many."""
+    audit = var_dir / "audit.sqlite3"
+    with closing(sqlite3.connect(audit, isolation_level=None)) as db, \
+            closing(sqlite3.connect(raw_path_of(audit), isolation_level=None)) as raw:
+        return seal_raw(raw, db, Sealer(Keyer.in_var_dir(var_dir)))
 
 
 def patient_resource(pid: str, name: str, id_number: str, phone: str, mrn: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from app.audit.hashing import (
 )
 from app.fhir.validation import validate_resource
 from app.server import create_app
+from tests.audit.conftest import seal
 from tests.auth.test_security_tokens import Smart
 from tests.conftest import lab, make_settings, patient
 
@@ -51,8 +53,19 @@ class Trail:
         """The audit trail's file: AuditEvents and the chain outbox."""
         return sqlite3.connect(self.var / "audit.sqlite3")
 
+    def raw(self) -> list[dict[str, Any]]:
+        """Reads' raw accesses not sealed into AuditEvents yet."""
+        with closing(sqlite3.connect(self.var / "audit.raw.sqlite3")) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM audit_raw ORDER BY seq")]
+
+    def seal(self) -> int:
+        return seal(self.var)
+
     def rows(self, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self.audit_db() as db:
+        """AuditEvent rows, once every raw access is sealed."""
+        self.seal()
+        with closing(self.audit_db()) as db:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute(
                 f"SELECT * FROM audit WHERE {where} ORDER BY seq", params)]
@@ -127,10 +140,16 @@ def test_each_event_is_valid_r4_and_its_entry_is_recomputable(t: Trail) -> None:
 def test_read_is_recorded_before_the_answer_with_user_client_address_and_purpose(
         t: Trail) -> None:
     before = len(t.rows())
+    assert t.raw() == []
     r = t.c.get("/fhir/Observation/obs-zw-1", headers=t.zw)
     assert r.status_code == 200
+    # stored before the answer, as a raw access: the facts its AuditEvent is built from
+    [raw] = t.raw()
+    assert raw["patient"] == "pat-zw" and b"obs-zw-1" in raw["data"]
+    assert t.seal() == 1 and t.raw() == []
     rows = t.rows("seq > (SELECT max(seq) FROM audit) - 1")
     assert len(t.rows()) == before + 1
+    assert rows[0]["id"] == raw["id"] and rows[0]["recorded_ms"] == raw["recorded_ms"]
     event = orjson.loads(rows[0]["body"])
     assert (event["action"], subtype(event), event["outcome"]) == ("R", "read", "0")
     assert rows[0]["patient"] == "pat-zw"

@@ -19,6 +19,7 @@ from app.chain.devchain import DevChain
 from app.chain.node import start_chain
 from app.config import Settings
 from app.server import create_app
+from tests.audit.conftest import seal
 from tests.conftest import lab, make_settings, patient
 
 
@@ -148,6 +149,7 @@ def test_fail_closed_refuses_writes_but_not_reads_while_the_chain_is_down(
             assert r.json()["resourceType"] == "OperationOutcome"
             assert "YILIAN_AUDIT_FAIL_CLOSED" in r.text
             assert c.get("/fhir/Patient/pat-hl").status_code == 200
+            seal(settings.var_dir)  # the refusal was recorded as a raw access
             with sqlite3.connect(settings.audit_path) as db:
                 refused = db.execute("SELECT count(*) FROM audit WHERE outcome = '8' AND "
                                      "action = 'U'").fetchone()[0]
