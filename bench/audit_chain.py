@@ -63,6 +63,7 @@ from typing import Any
 import httpx
 import orjson
 
+from app.storage.sqlite_audit import raw_path_of
 from bench import sections
 from bench.auth_overhead import BenchError, check_paths, group_cpu_seconds, system_paths
 from bench.load import DatasetSpec, dir_bytes, load_dataset, working_copy
@@ -340,24 +341,38 @@ class AuditStore:
         self.var_dir = var_dir
         self.con = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
                                    timeout=30, isolation_level=None)
+        self.raw_path = raw_path_of(self.path)
+        self._raw: sqlite3.Connection | None = None
 
     def close(self) -> None:
         self.con.close()
+        if self._raw is not None:
+            self._raw.close()
+
+    def unsealed(self) -> int:
+        """Reads' raw accesses not sealed into AuditEvents yet (the raw file)."""
+        if self._raw is None:
+            if not self.raw_path.exists():
+                return 0
+            self._raw = sqlite3.connect(self.raw_path.resolve().as_uri() + "?mode=ro", uri=True,
+                                        timeout=30, isolation_level=None)
+        return int(self._raw.execute("SELECT COUNT(*) FROM audit_raw").fetchone()[0])
 
     def max_seq(self) -> int:
         row = self.con.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()
         return int(row[0])
 
     def pending(self) -> dict[str, int]:
-        """Entries not yet on chain: AuditEvents and other outbox rows waiting for a batch, and
-        the entries of batches sent but not confirmed."""
+        """Entries not yet on chain: raw accesses, AuditEvents and other outbox rows waiting for
+        a batch, and the entries of batches sent but not confirmed."""
         waiting = self.con.execute("SELECT COUNT(*) FROM audit WHERE batch IS NULL").fetchone()[0]
+        raw = self.unsealed()
         other = self.con.execute("SELECT COUNT(*) FROM chain_outbox WHERE batch IS NULL"
                                  ).fetchone()[0]
         sent = self.con.execute("SELECT COALESCE(SUM(entries), 0) FROM chain_batch "
                                 "WHERE state = 'sent'").fetchone()[0]
-        return {"audit": int(waiting), "outbox": int(other), "sent": int(sent),
-                "total": int(waiting) + int(other) + int(sent)}
+        return {"raw": raw, "audit": int(waiting), "outbox": int(other), "sent": int(sent),
+                "total": raw + int(waiting) + int(other) + int(sent)}
 
     def timings(self, window: RunWindow) -> list[AuditTiming]:
         return [(int(seq), int(rec), None if mined is None else int(mined))
@@ -476,10 +491,12 @@ def measure_capacity(var_dir: Path, log_dir: Path, wrk: str, paths_file: Path,
 
 def is_audit_frame(frame: str) -> bool:
     """A profile frame (`path:function`) of the audit trail's work: building and hashing
-    AuditEvents (app/audit/), storing them (the store's audit methods), anchoring (app/chain/)."""
-    if frame.startswith(("app/audit/", "app/chain/")):
+    AuditEvents (app/audit/), storing them and raw accesses (the audit trail's file, the store's
+    audit and access methods), anchoring (app/chain/)."""
+    if frame.startswith(("app/audit/", "app/chain/", "app/storage/sqlite_audit.py")):
         return True
-    return frame.startswith("app/storage/") and "audit" in frame.split(":", 1)[1].lower()
+    name = frame.split(":", 1)[-1].lower()
+    return frame.startswith("app/storage/") and ("audit" in name or "access" in name)
 
 
 def profile_audited(spy: str, server: ServerProcess, fn: WrkRun, seconds: float,

@@ -7,8 +7,9 @@ no-store`, whether the chain is up, down or off:
   or API keys), `contracts` (name -> address), `epoch` (count of chain resets survived, from 1),
   `writer` (this node's address);
 - `reachable` (the RPC endpoint answered `eth_blockNumber` within 2 s) and `latest_block`;
-- `outbox`: entries waiting for a batch, per kind (`access` = AuditEvents, `version`,
-  `consent`), and `outbox_total`;
+- `outbox`: entries waiting for a batch, per kind (`access` = AuditEvents and reads' raw
+  accesses not sealed yet, `version`, `consent`), and `outbox_total`; `unsealed`: how many of
+  the accesses are raw;
 - `batches_sent`: transactions sent and not yet confirmed; `last_confirmed_block`;
 - `anchoring_lag_seconds`: age of the oldest entry not yet anchored (waiting, or in a sent
   batch); 0 when everything is anchored;
@@ -35,6 +36,7 @@ from fastapi.responses import Response
 
 from app.chain.node import ChainHandle, public_url
 from app.config import Settings
+from app.storage.sqlite_audit import raw_path_of
 
 log = logging.getLogger("yilian.chain")
 
@@ -117,6 +119,7 @@ def outbox_figures(db_path: Path | None, now_ms: int) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "outbox": dict.fromkeys(KINDS, 0),
         "outbox_total": 0,
+        "unsealed": 0,
         "batches_sent": 0,
         "last_confirmed_block": None,
         "anchoring_lag_seconds": 0.0,
@@ -134,7 +137,29 @@ def outbox_figures(db_path: Path | None, now_ms: int) -> dict[str, Any]:
         _fill(con, figures, now_ms)
     finally:
         con.close()
+    _fill_raw(raw_path_of(db_path), figures, now_ms)
     return figures
+
+
+def _fill_raw(raw_path: Path, figures: dict[str, Any], now_ms: int) -> None:
+    """Reads' raw accesses (app/audit/sealing.py) wait for the chain too."""
+    if not raw_path.exists():
+        return
+    con = sqlite3.connect(raw_path, timeout=RPC_TIMEOUT)
+    try:
+        if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = "
+                       "'audit_raw'").fetchone() is None:
+            return
+        count, oldest = con.execute("SELECT COUNT(*), MIN(recorded_ms) FROM audit_raw"
+                                    ).fetchone()
+    finally:
+        con.close()
+    figures["unsealed"] = count
+    figures["outbox"]["access"] += count
+    figures["outbox_total"] += count
+    if oldest is not None:
+        figures["anchoring_lag_seconds"] = max(figures["anchoring_lag_seconds"],
+                                               round(max(0, now_ms - oldest) / 1000, 3))
 
 
 def _fill(con: sqlite3.Connection, figures: dict[str, Any], now_ms: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from contextlib import closing
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from app.audit.verify import (
     verify_version,
 )
 from app.chain.devchain import DevChain, free_loopback_port
+from app.storage.sqlite_schema import RAW_SCHEMA
 from tests.audit.conftest import Store, audit_event, fill
 
 
@@ -51,6 +53,20 @@ def test_an_untouched_store_verifies_with_queued_entries_pending(store: Store) -
                              "altered": 0, "extra": 0}
     assert report.ok
     assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] == before  # read-only
+
+
+def test_reads_not_sealed_yet_are_pending_and_a_range_leaves_them_out(store: Store) -> None:
+    fill(store)
+    raw_path = store.db_path.with_name("audit.raw.sqlite3")
+    with closing(sqlite3.connect(raw_path)) as raw:
+        raw.executescript(RAW_SCHEMA)
+        raw.executemany("INSERT INTO audit_raw(id, recorded_ms, patient, data) "
+                        "VALUES (?, ?, ?, ?)", [(f"ae-raw-{i}", 1_795_400_000_000 + i,
+                                                 "pat-110101", b"[]") for i in range(3)])
+        raw.commit()
+    report = verify(store)
+    assert report.ok and report.counts["pending"] == 2 + 3
+    assert verify(store, from_seq=1).counts["pending"] == 2  # raw ones have no seq yet
 
 
 def test_an_audit_event_altered_in_the_database_is_reported(store: Store) -> None:

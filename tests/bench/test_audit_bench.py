@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,7 +20,7 @@ import orjson
 import pytest
 
 from app.chain.devchain import DevChain, rpc
-from app.storage.sqlite_schema import AUDIT_SCHEMA
+from app.storage.sqlite_schema import AUDIT_SCHEMA, RAW_SCHEMA
 from bench.audit_chain import (
     OFF,
     ON,
@@ -278,7 +279,13 @@ def test_the_store_queries_select_the_runs_rows_and_batches(tmp_path: Path) -> N
         store = AuditStore(tmp_path / "on")
         try:
             assert store.max_seq() == 6
-            assert store.pending() == {"audit": 1, "outbox": 0, "sent": 1, "total": 2}
+            assert store.pending() == {"raw": 0, "audit": 1, "outbox": 0, "sent": 1, "total": 2}
+            with closing(sqlite3.connect(tmp_path / "on" / "audit.raw.sqlite3")) as raw:
+                raw.executescript(RAW_SCHEMA)
+                raw.execute("INSERT INTO audit_raw(id, recorded_ms, patient, data) "
+                            "VALUES ('ae-7', 2300, 'pat-110101', x'5b5d')")
+                raw.commit()
+            assert store.pending() == {"raw": 1, "audit": 1, "outbox": 0, "sent": 1, "total": 3}
             w = window(seq_before=2, seq_after=6, started_ms=1_800, ended_ms=2_250)
             assert store.timings(w) == [(3, 1_900, 2_300), (4, 1_950, 2_300), (5, 2_100, None),
                                         (6, 2_200, None)]
@@ -394,6 +401,8 @@ def test_the_profile_names_the_audit_trails_work() -> None:
     assert is_audit_frame("app/chain/anchorer.py:Anchorer._send_new")
     assert is_audit_frame("app/storage/sqlite.py:SqliteStore.append_audit")
     assert is_audit_frame("app/storage/sqlite.py:_insert_audit")
+    assert is_audit_frame("app/storage/sqlite.py:SqliteStore.append_access")
+    assert is_audit_frame("app/storage/sqlite_audit.py:_try_commit")
     assert not is_audit_frame("app/storage/sqlite.py:SqliteStore.read")
     assert not is_audit_frame("app/fhir/rest.py:read_interaction")
     prof = {"seconds": 10.0, "samples": 1000, "requests_per_s": 2400.0, "failed": 0,

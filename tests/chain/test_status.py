@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from app.chain.node import ChainError, ChainHandle, start_chain
 from app.chain.status import build_chain_router
 from app.config import Settings
-from app.storage.sqlite_schema import AUDIT_SCHEMA
+from app.storage.sqlite_schema import AUDIT_SCHEMA, RAW_SCHEMA
 from tests.conftest import make_settings
 
 
@@ -96,6 +96,27 @@ def test_status_with_the_chain_up_shows_the_deployment_and_the_queue(
     assert 8.0 <= doc["anchoring_lag_seconds"] < 12.0
     assert doc["recorded_to_mined_seconds"] == {"median": 2.0, "max": 3.0, "batches": 2}
     assert "error" not in doc
+
+
+def test_reads_not_sealed_yet_count_as_waiting_accesses_and_set_the_lag(
+        dev_chain: tuple[Settings, ChainHandle], tmp_path: Path) -> None:
+    settings, handle = dev_chain
+    now_ms = int(time.time() * 1000)
+    db = tmp_path / "audit.sqlite3"
+    con = sqlite3.connect(db)
+    con.executescript(AUDIT_SCHEMA)
+    con.close()
+    raw = sqlite3.connect(tmp_path / "audit.raw.sqlite3")
+    raw.executescript(RAW_SCHEMA)
+    raw.executemany("INSERT INTO audit_raw(id, recorded_ms, patient, data) VALUES (?, ?, ?, ?)",
+                    [("ae-r1", now_ms - 7000, "zhang-san", b"[]"),
+                     ("ae-r2", now_ms - 100, None, b"[]")])
+    raw.commit()
+    raw.close()
+    doc, _ = _status(settings, db, lambda: handle)
+    assert doc["outbox"]["access"] == 2 and doc["unsealed"] == 2
+    assert doc["outbox_total"] == 2
+    assert 6.0 <= doc["anchoring_lag_seconds"] < 10.0
 
 
 def test_status_of_an_empty_store_has_no_lag(dev_chain: tuple[Settings, ChainHandle],
