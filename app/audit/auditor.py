@@ -37,7 +37,7 @@ log = logging.getLogger("yilian.audit")
 _CACHE_SIZE = 100_000
 # With a chain, the anchoring worker seals reads' raw accesses every round; a worker's
 # housekeeping seals only those that waited longer than this (no anchoring worker running).
-SEAL_GRACE_MS = 2000
+SEAL_GRACE_MS = 5000
 
 ConsentDecisions = Callable[[dict[str, Any], bytes, Keyer], list[tuple[str, bytes]]]
 

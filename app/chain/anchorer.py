@@ -42,7 +42,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ from app.chain.node import (
     redeploy,
 )
 from app.config import Settings
+from app.storage.base import AuditRow, RawAccess
 from app.storage.sqlite_audit import raw_path_of, seal_raw
 from app.storage.sqlite_schema import RAW_SCHEMA
 
@@ -214,6 +215,20 @@ class Rpc:
             raise RpcError("batch", dict(replies.get("error") or {}))
         return [RpcError(m, dict(r["error"])) if r.get("error") else r.get("result")
                 for (m, _), r in zip(calls, replies, strict=True)]
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    """Raw accesses sealed for the next access batch: their AuditEvent rows and the last raw
+    seq they came from."""
+
+    rows: list[AuditRow] = field(default_factory=list)
+    last_seq: int = 0
+
+
+class _SealedMeanwhile(Exception):
+    """A freshly sealed AuditEvent was in the audit file already (another sealer, or a crash
+    after the batch was written and before its raw accesses were deleted)."""
 
 
 @dataclass(frozen=True)
@@ -405,7 +420,6 @@ class Anchorer:
     # -- one round --------------------------------------------------------------------------
 
     def _round(self) -> tuple[int, bool]:
-        seal_raw(self._raw, self._db, self._sealer)
         handle = self._handle()
         if handle is None:
             return 0, False
@@ -606,9 +620,10 @@ class Anchorer:
         budget = MAX_IN_FLIGHT - in_flight
         if budget <= 0:  # waiting for blocks: the interval, not a spin
             return False
-        pending = {k: self._pending(k, 1 if k.one_per_tx else self.settings.anchor_batch_size)
-                   for k in KINDS}
-        if not any(pending.values()):
+        size = self.settings.anchor_batch_size
+        pending = {k: self._pending(k, 1 if k.one_per_tx else size) for k in KINDS}
+        fresh = self._fresh(size - len(pending[ACCESS]))
+        if not any(pending.values()) and not fresh.rows:
             return False
         account = handle.account
         latest, tip, node_nonce = rpc.batch([
@@ -631,18 +646,20 @@ class Anchorer:
         nonce = max(_int(node_nonce), -1 if local is None else local + 1)
         full = False
         # Round-robin over the kinds so a flood of accesses cannot starve consent decisions.
-        while budget > 0 and any(pending.values()):
+        while budget > 0 and (any(pending.values()) or fresh.rows):
             for kind in KINDS:
                 rows = pending[kind]
-                if not rows or budget <= 0:
+                new = fresh if kind is ACCESS else _Fresh()
+                if (not rows and not new.rows) or budget <= 0:
                     continue
+                entries = len(rows) + len(new.rows)
                 address = handle.contracts[kind.contract]
-                data = calldata(kind, [r[1] for r in rows])
+                data = calldata(kind, [r[1] for r in rows] + [a.entry for a in new.rows])
                 # Full batches of one kind cost the same (estimated once per epoch); a partial
                 # batch is estimated (one a round), and a consent decision's cost depends on
                 # whether its storage slot is new, so each is estimated.
                 gas_known = None if kind.one_per_tx else \
-                    self._gas_points.get((handle.epoch, address), {}).get(len(rows))
+                    self._gas_points.get((handle.epoch, address), {}).get(entries)
                 if gas_known is None:
                     try:
                         estimated = self._estimate(rpc, account.address, address, data)
@@ -654,7 +671,7 @@ class Anchorer:
                             pending[kind] = self._pending(kind, 1)
                             continue
                         raise
-                    if len(rows) == self.settings.anchor_batch_size and not kind.one_per_tx:
+                    if entries == size and not kind.one_per_tx:
                         self._gas_points.setdefault((handle.epoch, address), {})[len(rows)] = \
                             estimated
                     gas_known = estimated
@@ -664,25 +681,37 @@ class Anchorer:
                 signed = account.sign_transaction(tx)  # type: ignore[arg-type]
                 raw = bytes(signed.raw_transaction)
                 tx_hash = "0x" + bytes(signed.hash).hex()
-                batch_id = self._write_batch(handle, kind, address, nonce, raw, tx_hash, rows)
+                try:
+                    batch_id = self._write_batch(handle, kind, address, nonce, raw, tx_hash,
+                                                 rows, new)
+                except _SealedMeanwhile:
+                    # another sealer took some of these raw accesses (or a crash left them
+                    # sealed): seal what is raw the plain way; the next round batches them
+                    seal_raw(self._raw, self._db, self._sealer)
+                    return True
                 if batch_id is None:  # lost the lease in the meantime
                     return False
+                if new.rows:  # sealed and batched: no longer raw
+                    self._raw.execute("DELETE FROM audit_raw WHERE seq <= ?", (new.last_seq,))
                 nonce += 1
                 budget -= 1
-                self._send(rpc, _Batch(batch_id, kind, nonce - 1, raw, tx_hash, len(rows),
+                self._send(rpc, _Batch(batch_id, kind, nonce - 1, raw, tx_hash, entries,
                                        address))
-                self.sent_entries += len(rows)
-                batch_full = len(rows) == self.settings.anchor_batch_size
+                self.sent_entries += entries
+                batch_full = entries == size
                 if kind.one_per_tx or batch_full:
-                    pending[kind] = self._pending(kind, 1 if kind.one_per_tx
-                                                  else self.settings.anchor_batch_size)
+                    pending[kind] = self._pending(kind, 1 if kind.one_per_tx else size)
+                    if kind is ACCESS:
+                        fresh = self._fresh(size - len(pending[ACCESS]))
                 else:
                     # a partial batch took everything there was: what arrives meanwhile waits
                     # for the next round, so a steady stream makes one batch per interval
                     # rather than a transaction per handful of entries
                     pending[kind] = []
+                    if kind is ACCESS:
+                        fresh = _Fresh()
                 full = full or (not kind.one_per_tx and batch_full)
-        return full or any(pending.values())
+        return full or any(pending.values()) or bool(fresh.rows)
 
     def _pending(self, kind: Kind, limit: int) -> list[tuple[int, bytes]]:
         if kind.table == "audit":
@@ -699,6 +728,19 @@ class Anchorer:
                                  f"{kind.entry_size} bytes, this one {len(payload)}")
         return rows
 
+    def _fresh(self, limit: int) -> _Fresh:
+        """Up to `limit` reads' raw accesses, sealed here into AuditEvents that go into the
+        next access batch as they are inserted (app/audit/sealing.py): no second write of each
+        row to assign it its batch."""
+        if limit <= 0:
+            return _Fresh()
+        raws = self._raw.execute("SELECT seq, id, recorded_ms, patient, data FROM audit_raw "
+                                 "ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        if not raws:
+            return _Fresh()
+        rows = self._sealer([RawAccess(r[1], r[2], r[3], bytes(r[4])) for r in raws])
+        return _Fresh(rows, int(raws[-1][0]))
+
     def _estimate(self, rpc: Rpc, sender: str, to: str, data: bytes) -> int:
         try:
             gas = _int(rpc.call("eth_estimateGas", {"from": sender, "to": to,
@@ -713,9 +755,12 @@ class Anchorer:
         return gas * GAS_MARGIN_NUM // GAS_MARGIN_DEN + GAS_MARGIN_ADD
 
     def _write_batch(self, handle: ChainHandle, kind: Kind, address: str, nonce: int,
-                     raw: bytes, tx_hash: str, rows: list[tuple[int, bytes]]) -> int | None:
-        """The batch row and its rows' batch/pos in one transaction, before anything is sent;
-        None (nothing written) when this worker no longer holds the lease."""
+                     raw: bytes, tx_hash: str, rows: list[tuple[int, bytes]],
+                     fresh: _Fresh) -> int | None:
+        """The batch row, its waiting rows' batch/pos and its freshly sealed AuditEvents in
+        one transaction, before anything is sent; None (nothing written) when this worker no
+        longer holds the lease. Raises `_SealedMeanwhile` (nothing written) when one of the
+        fresh AuditEvents is in the audit file already."""
         with _transaction(self._db) as db:
             if not holds(db, LEASE_NAME, self.holder):
                 log.warning("anchoring worker %s no longer holds the lease; not sending",
@@ -725,8 +770,21 @@ class Anchorer:
                 "INSERT INTO chain_batch(kind, epoch, chain_id, contract, nonce, raw_tx, tx_hash, "
                 "state, entries, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'sent', ?, ?)",
                 (kind.name, handle.epoch, handle.chain_id, address, nonce, raw, tx_hash,
-                 len(rows), now_ms())).lastrowid
+                 len(rows) + len(fresh.rows), now_ms())).lastrowid
             assert batch_id is not None
+            if fresh.rows:
+                before = db.total_changes
+                db.executemany(
+                    "INSERT OR IGNORE INTO audit(id, recorded_ms, patient, action, outcome, "
+                    "agent, client, body, entry, batch, pos) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(a.id, a.recorded_ms, a.patient, a.action, a.outcome, a.agent, a.client,
+                      a.body, a.entry, batch_id, len(rows) + pos)
+                     for pos, a in enumerate(fresh.rows)])
+                if db.total_changes - before != len(fresh.rows):
+                    raise _SealedMeanwhile
+            if not rows:
+                return int(batch_id)
             first, last = rows[0][0], rows[-1][0]
             if last - first + 1 == len(rows):
                 cur = db.execute(f"UPDATE {kind.table} SET batch = ?, pos = seq - ? "

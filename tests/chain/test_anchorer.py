@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import pytest
 from eth_typing import HexStr
 from web3 import Web3
 
+from app.audit import sealing
+from app.audit.hashing import Keyer
 from app.chain.anchorer import (
     ACCESS,
     CONSENT,
@@ -29,7 +32,13 @@ from app.chain.devchain import DevChain
 from app.chain.lease import LEASE_MS, Lease, new_holder, now_ms
 from app.chain.node import ChainHandle
 from app.config import Settings
+from app.pipeline.hooks import Interaction, Principal
+from app.storage.base import RawAccess
+from app.storage.sqlite_audit import insert_rows, raw_path_of
+from app.storage.sqlite_schema import RAW_SCHEMA
 from tests.chain.anchoring import (
+    DOCTORS,
+    PATIENTS,
     access_logs,
     assert_anchored_once,
     db_rows,
@@ -167,6 +176,81 @@ def test_every_row_gets_the_log_of_its_own_entry_in_batches_of_the_configured_si
             payload[:32], payload[32:64], payload[64:96], payload[96],
             int.from_bytes(payload[97:105], "big"), payload[105:])
     assert len(access_logs(w3, handle.contracts["AuditLog"])) == 250
+
+
+# -- reads' raw accesses, sealed into the batches --------------------------------------------
+
+
+def queue_raw(db: Path, n: int, start: int = 0) -> list[RawAccess]:
+    """n reads' raw accesses (app/audit/sealing.py) in the raw file beside `db`: doctors of
+    北京协和医院 reading lab results."""
+    raws = [sealing.encode(f"5be1c0a9d2f34e17{i:012x}", 1_795_400_000_000 + i,
+                           PATIENTS[i % len(PATIENTS)],
+                           Interaction("read", "Observation", f"血常规-{i}"), 200,
+                           Principal(subject=DOCTORS[i % len(DOCTORS)], client_id="his-emr",
+                                     address="10.12.3.47", anonymous=False,
+                                     fhir_user=DOCTORS[i % len(DOCTORS)]),
+                           "https://fhir.pumch.example.cn", None, None,
+                           [f"Observation/血常规-{i}/_history/1"])
+            for i in range(start, start + n)]
+    with closing(sqlite3.connect(raw_path_of(db), isolation_level=None)) as con:
+        con.executescript(RAW_SCHEMA)
+        con.executemany("INSERT INTO audit_raw(id, recorded_ms, patient, data) "
+                        "VALUES (?, ?, ?, ?)", [(r.id, r.recorded_ms, r.patient, r.data)
+                                                for r in raws])
+    return raws
+
+
+def raw_left(db: Path) -> int:
+    with closing(sqlite3.connect(raw_path_of(db))) as con:
+        return int(con.execute("SELECT count(*) FROM audit_raw").fetchone()[0])
+
+
+def drain_raw(anchorer: Anchorer, db: Path, rounds: int = 100) -> None:
+    for _ in range(rounds):
+        asyncio.run(anchorer.run_once())
+        if raw_left(db) == 0 and outstanding(db) == 0:
+            return
+    raise AssertionError(f"{raw_left(db)} raw accesses and {outstanding(db)} rows left "
+                         f"(last error: {anchorer.last_error})")
+
+
+def test_raw_accesses_are_sealed_into_the_batches_after_the_waiting_rows(
+        tmp_path: Path, db: Path, handle: ChainHandle, anchorers: list[Anchorer]) -> None:
+    settings = settings_for(tmp_path, anchor_batch_size=100)
+    waiting = queue_accesses(db, 30)
+    raws = queue_raw(db, 150)
+    sealed = sealing.Sealer(Keyer.in_var_dir(settings.var_dir))(raws)
+    anchorer = new_anchorer(anchorers, db, settings, handle)
+    drain_raw(anchorer, db)
+    # each AuditEvent is the one sealing gives, written once, already in its batch
+    stored = db_rows(db, "SELECT id, body, entry FROM audit ORDER BY seq")
+    assert [(i, bytes(b), bytes(e)) for i, b, e in stored[30:]] == \
+        [(r.id, r.body, r.entry) for r in sealed]
+    assert db_rows(db, "SELECT entries FROM chain_batch WHERE kind = 'access' ORDER BY id") == \
+        [(100,), (80,)]
+    # the waiting rows first, then the fresh ones, each at its own log
+    assert_anchored_once(db, connect(handle.rpc_url, poa=False), handle,
+                         waiting + [r.entry for r in sealed])
+
+
+def test_raw_accesses_sealed_by_someone_else_meanwhile_are_anchored_once(
+        tmp_path: Path, db: Path, handle: ChainHandle, anchorers: list[Anchorer]) -> None:
+    """A server's housekeeping sealed some of them (or a crash came between a batch and the
+    deletion of its raw accesses): they are in the audit file and still raw."""
+    settings = settings_for(tmp_path, anchor_batch_size=100)
+    raws = queue_raw(db, 40)
+    sealed = sealing.Sealer(Keyer.in_var_dir(settings.var_dir))(raws)
+    with closing(sqlite3.connect(db, isolation_level=None)) as con:
+        con.execute("BEGIN IMMEDIATE")
+        insert_rows(con, sealed[5:25], ())
+        con.execute("COMMIT")
+    anchorer = new_anchorer(anchorers, db, settings, handle)
+    drain_raw(anchorer, db)
+    assert db_rows(db, "SELECT count(*), count(DISTINCT id) FROM audit") == [(40, 40)]
+    ids = {r.id: r.entry for r in sealed}
+    entries = [ids[i] for (i,) in db_rows(db, "SELECT id FROM audit ORDER BY seq")]
+    assert_anchored_once(db, connect(handle.rpc_url, poa=False), handle, entries)
 
 
 def test_a_batch_waits_for_the_configured_confirmations(
