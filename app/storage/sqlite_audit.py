@@ -11,11 +11,16 @@ moved here right after its commit, before it is answered, idempotently (AuditEve
 outbox origins are unique; the inbox rows are deleted only after the move committed), so a
 crash at any point loses or doubles nothing.
 
-Reads' AuditEvents are group-committed here directly: requests queued while one commit runs go
-together in the next; a commit runs inline on the event loop when the file's write lock is free
-(a few inserts and a WAL append, cheaper than a thread hop) and otherwise on the audit thread,
-which waits for the lock. The inline connection never checkpoints; the audit thread does, once a
-second (PASSIVE), so no request waits for a checkpoint.
+Reads are recorded as raw accesses (app/audit/sealing.py) in a third file,
+var/audit.raw.sqlite3: the anchoring worker's transactions on the audit file (sealing, batches,
+proofs) hold its write lock for milliseconds, and a read must not wait for them. Raw accesses
+are group-committed: requests queued while one commit runs go together in the next; a commit
+runs inline on the event loop when the file's write lock is free (an append to one B-tree and a
+WAL write, cheaper than a thread hop) and otherwise on the audit thread, which waits for the
+lock. Inline connections never checkpoint; the audit thread does, once a second (PASSIVE), so
+no request waits for a checkpoint. `seal_raw` turns raw accesses into AuditEvents here
+idempotently: inserted OR IGNORE by their unique id, then deleted from the raw file by the last
+(never reused) seq of the chunk.
 """
 
 from __future__ import annotations
