@@ -127,18 +127,18 @@ class SqliteAuditTrail:
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read connection to the audit file (reader threads of the store)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect(self.path)
-            conn.execute("PRAGMA query_only=1")
-        return conn
+        return self._thread_reader("conn", self.path)
 
     def raw_reader(self) -> sqlite3.Connection:
         """This thread's read connection to the raw file."""
-        conn = getattr(self._local, "raw", None)
+        return self._thread_reader("raw", self.raw_path)
+
+    def _thread_reader(self, name: str, path: Path) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is None:
-            conn = self._local.raw = self._connect(self.raw_path)
+            conn = self._connect(path)
             conn.execute("PRAGMA query_only=1")
+            setattr(self._local, name, conn)
         return conn
 
     # -- writing -----------------------------------------------------------------------------

@@ -143,13 +143,15 @@ def test_read_is_recorded_before_the_answer_with_user_client_address_and_purpose
     assert t.raw() == []
     r = t.c.get("/fhir/Observation/obs-zw-1", headers=t.zw)
     assert r.status_code == 200
-    # stored before the answer, as a raw access: the facts its AuditEvent is built from
-    [raw] = t.raw()
-    assert raw["patient"] == "pat-zw" and b"obs-zw-1" in raw["data"]
-    assert t.seal() == 1 and t.raw() == []
+    # stored before the answer, as a raw access (the facts its AuditEvent is built from), unless
+    # housekeeping (each second, at once without a chain) has sealed it already
+    raw = t.raw()
     rows = t.rows("seq > (SELECT max(seq) FROM audit) - 1")
-    assert len(t.rows()) == before + 1
-    assert rows[0]["id"] == raw["id"] and rows[0]["recorded_ms"] == raw["recorded_ms"]
+    assert len(t.rows()) == before + 1 and t.raw() == []
+    if raw:
+        assert [(r["id"], r["recorded_ms"], r["patient"]) for r in raw] == \
+            [(rows[0]["id"], rows[0]["recorded_ms"], "pat-zw")]
+        assert b"obs-zw-1" in raw[0]["data"]
     event = orjson.loads(rows[0]["body"])
     assert (event["action"], subtype(event), event["outcome"]) == ("R", "read", "0")
     assert rows[0]["patient"] == "pat-zw"
