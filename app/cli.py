@@ -79,7 +79,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _start_anchor_process() -> subprocess.Popen[bytes]:
     """`yilian anchor` beside the uvicorn workers, which then leave anchoring to it."""
     os.environ["YILIAN_ANCHOR_IN_WORKERS"] = "false"
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "anchor"],
+    from app.chain.devchain import niced
+
+    # niced from its start: answering requests comes first (app/chain/node.py)
+    return subprocess.Popen(niced([sys.executable, "-m", "app.cli", "anchor"]),
                             stdin=subprocess.DEVNULL)
 
 

@@ -37,6 +37,7 @@ throughput. Only the process holding the `anchorer` lease (app/chain/lease.py) s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sqlite3
 import time
@@ -46,10 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import requests
 from eth_abi import decode as abi_decode
-from web3 import HTTPProvider, Web3
-from web3.types import RPCEndpoint
+from web3 import Web3
 
 from app.audit.hashing import Keyer
 from app.audit.sealing import Sealer
@@ -191,16 +192,26 @@ class Reverted(Exception):
 
 
 class Rpc:
-    """Raw JSON-RPC through web3's HTTP provider: no result formatting, no retries (the
-    anchorer's backoff is the retry), batch requests for receipts."""
+    """Raw JSON-RPC over one keep-alive HTTP session: no result formatting, no retries (the
+    anchorer's backoff is the retry), batch requests for receipts. JSON through orjson: a
+    receipt of a full batch carries 1,000 logs (~300 kB), decoded several times a second."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._provider = HTTPProvider(url, request_kwargs={"timeout": RPC_TIMEOUT_S},
-                                      exception_retry_configuration=None)
+        self._session = requests.Session()
+        self._ids = itertools.count(1)
+
+    def _post(self, payload: Any) -> Any:
+        reply = self._session.post(self.url, data=orjson.dumps(payload), timeout=RPC_TIMEOUT_S,
+                                   headers={"Content-Type": "application/json"})
+        reply.raise_for_status()
+        return orjson.loads(reply.content)
 
     def call(self, method: str, *params: Any) -> Any:
-        reply = self._provider.make_request(RPCEndpoint(method), list(params))
+        reply = self._post({"jsonrpc": "2.0", "id": next(self._ids), "method": method,
+                            "params": list(params)})
+        if not isinstance(reply, dict):
+            raise RpcError(method, {"message": f"not a JSON-RPC reply: {str(reply)[:200]}"})
         if reply.get("error"):
             raise RpcError(method, dict(reply["error"]))
         return reply.get("result")
@@ -209,12 +220,25 @@ class Rpc:
         """Results in order; an RpcError instance in place of each failed call."""
         if not calls:
             return []
-        replies = self._provider.make_batch_request(
-            [(RPCEndpoint(m), p) for m, p in calls])
+        first = next(self._ids)
+        for _ in calls[1:]:
+            next(self._ids)
+        replies = self._post([{"jsonrpc": "2.0", "id": first + i, "method": m, "params": p}
+                              for i, (m, p) in enumerate(calls)])
         if not isinstance(replies, list):  # the whole batch was refused
-            raise RpcError("batch", dict(replies.get("error") or {}))
-        return [RpcError(m, dict(r["error"])) if r.get("error") else r.get("result")
-                for (m, _), r in zip(calls, replies, strict=True)]
+            error = replies.get("error") if isinstance(replies, dict) else None
+            raise RpcError("batch", dict(error or {"message": "not a JSON-RPC batch reply"}))
+        by_id = {r.get("id"): r for r in replies if isinstance(r, dict)}
+        out: list[Any] = []
+        for i, (m, _) in enumerate(calls):
+            r = by_id.get(first + i)
+            if r is None:
+                out.append(RpcError(m, {"message": "no reply in the batch"}))
+            elif r.get("error"):
+                out.append(RpcError(m, dict(r["error"])))
+            else:
+                out.append(r.get("result"))
+        return out
 
 
 @dataclass(frozen=True)

@@ -404,8 +404,8 @@ def _start_anvil(settings: Settings, record: dict[str, Any] | None) -> DevChain:
             port = parts.port
     state = settings.chain_dir / STATE_FILE
     try:
-        return DevChain(port=port, state_file=state,
-                        state_interval=settings.chain_state_interval).start()
+        return DevChain(port=port, state_file=state, state_interval=settings.chain_state_interval,
+                        background=True).start()
     except DevChainError as exc:
         if "--state" in str(exc) and state.exists():
             # anvil cannot load a state file cut short by a crash during a periodic dump: keep
@@ -419,8 +419,8 @@ def _start_anvil(settings: Settings, record: dict[str, Any] | None) -> DevChain:
             raise
         # else the port was taken between the check and anvil's bind: any free port will do
         time.sleep(0.1)
-        return DevChain(port=0, state_file=state,
-                        state_interval=settings.chain_state_interval).start()
+        return DevChain(port=0, state_file=state, state_interval=settings.chain_state_interval,
+                        background=True).start()
 
 
 # -- node key -----------------------------------------------------------------------------------

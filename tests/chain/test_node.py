@@ -18,7 +18,7 @@ from web3 import Web3
 from web3.middleware import ExtraDataToPOAMiddleware
 
 from app.chain.deploy import WRITER_ROLE, connect, has_writer_role
-from app.chain.devchain import DevChain, rpc
+from app.chain.devchain import BACKGROUND_NICE, DevChain, rpc
 from app.chain.node import (
     ChainError,
     check_chain,
@@ -58,6 +58,20 @@ def _key_file(tmp_path: Path, url: str) -> Path:
     return path
 
 
+def _children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in found]
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _niceness(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
 def test_first_dev_start_deploys_and_a_restart_reuses_the_contracts(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, chain="dev", chain_state_interval=1)
     dev, first = start_chain(settings)
@@ -77,6 +91,9 @@ def test_first_dev_start_deploys_and_a_restart_reuses_the_contracts(tmp_path: Pa
             assert has_writer_role(w3, name, address, first.account.address)
         sent = _nonce(dev.url, first.account.address)
         assert sent == 6  # three deployments, three grants of WRITER_ROLE
+        # background work: niced below the processes that answer requests
+        assert dev._proc is not None
+        assert _niceness(dev._proc.pid) == os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE
         assert check_chain(first) is None
         assert load_handle(settings) == first
     finally:
@@ -294,6 +311,12 @@ def test_serve_with_the_dev_chain_starts_and_stops_anvil(tmp_path: Path) -> None
         assert int(str(rpc(record["rpc_url"], "eth_blockNumber")), 16) >= 6
         assert httpx.get(server.base_url + "/metadata").status_code == 200
         assert httpx.get(server.root_url + "/chain/status").json()["reachable"] is True
+        # the anchoring process and anvil run niced below the server's workers
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        background = {pid: _niceness(pid) for pid in _children(server.pid)
+                      if any(w in _cmdline(pid) for w in ("app.cli anchor", "anvil"))}
+        assert len(background) == 2, background
+        assert set(background.values()) == {mine + BACKGROUND_NICE}
         # SIGTERM to `yilian serve` alone: it stops uvicorn, then anvil
         os.kill(server.pid, 15)
         assert server.process is not None
