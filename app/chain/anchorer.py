@@ -679,11 +679,16 @@ class Anchorer:
                 entries = len(rows) + len(new.rows)
                 address = handle.contracts[kind.contract]
                 data = calldata(kind, [r[1] for r in rows] + [a.entry for a in new.rows])
-                # Full batches of one kind cost the same (estimated once per epoch); a partial
-                # batch is estimated (one a round), and a consent decision's cost depends on
-                # whether its storage slot is new, so each is estimated.
-                gas_known = None if kind.one_per_tx else \
-                    self._gas_points.get((handle.epoch, address), {}).get(entries)
+                # Full batches of one kind cost the same (estimated once per epoch), and a
+                # smaller one of the same kind costs less (events only, a cost per entry that
+                # varies by less than the estimate's margin with the entries' zero bytes): the
+                # full batch's estimate is its gas limit too, and unused gas is not paid for.
+                # Before a full batch was estimated, a partial one is estimated (one a round);
+                # a consent decision's cost depends on whether its storage slot is new, so
+                # each is estimated.
+                full_gas = self._gas_points.get((handle.epoch, address), {}).get(size)
+                gas_known = None if kind.one_per_tx or full_gas is None or entries > size \
+                    else full_gas
                 if gas_known is None:
                     try:
                         estimated = self._estimate(rpc, account.address, address, data)
@@ -696,7 +701,7 @@ class Anchorer:
                             continue
                         raise
                     if entries == size and not kind.one_per_tx:
-                        self._gas_points.setdefault((handle.epoch, address), {})[len(rows)] = \
+                        self._gas_points.setdefault((handle.epoch, address), {})[entries] = \
                             estimated
                     gas_known = estimated
                 gas = min(gas_known, gas_cap)

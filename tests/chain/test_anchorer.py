@@ -253,6 +253,36 @@ def test_raw_accesses_sealed_by_someone_else_meanwhile_are_anchored_once(
     assert_anchored_once(db, connect(handle.rpc_url, poa=False), handle, entries)
 
 
+def test_gas_is_estimated_once_per_epoch_for_full_batches_and_covers_smaller_ones(
+        tmp_path: Path, db: Path, handle: ChainHandle, anchorers: list[Anchorer],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """anvil runs a whole batch to estimate it: that is done once, for a full batch, whose
+    estimate is then the gas limit of every access batch (a smaller one costs less)."""
+    anchorer = new_anchorer(anchorers, db, settings_for(tmp_path, anchor_batch_size=60), handle)
+    estimates: list[int] = []
+    real = anchorer._estimate
+
+    def counted(*args: Any) -> int:
+        estimates.append(len(args[3]))
+        return real(*args)
+
+    monkeypatch.setattr(anchorer, "_estimate", counted)
+    entries = queue_accesses(db, 60)
+    assert drain(anchorer, db) == 60 and len(estimates) == 1
+    entries += queue_accesses(db, 25, start=60)
+    raws = queue_raw(db, 17)  # sealed into the same batch
+    drain_raw(anchorer, db)
+    entries += [r.entry for r in sealing.Sealer(Keyer.in_var_dir(anchorer.settings.var_dir))(raws)]
+    assert len(estimates) == 1  # the partial batch of 42 used the full batch's estimate
+    w3 = connect(handle.rpc_url, poa=False)
+    (full_hash,), (partial_hash,) = db_rows(db, "SELECT tx_hash FROM chain_batch ORDER BY id")
+    full, partial = (w3.eth.get_transaction(HexStr(h)) for h in (full_hash, partial_hash))
+    assert partial["gas"] == full["gas"]
+    receipt = w3.eth.get_transaction_receipt(HexStr(partial_hash))
+    assert receipt["status"] == 1 and receipt["gasUsed"] < partial["gas"]
+    assert_anchored_once(db, w3, handle, entries)
+
+
 def test_a_batch_waits_for_the_configured_confirmations(
         tmp_path: Path, db: Path, handle: ChainHandle, anchorers: list[Anchorer]) -> None:
     queue_accesses(db, 40)
