@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from app.chain.devchain import DevChain
 from app.chain.node import start_chain
 from app.config import Settings
 from app.server import create_app
+from app.storage.sqlite_audit import raw_path_of
 from tests.audit.conftest import seal
 from tests.conftest import lab, make_settings, patient
 
@@ -57,6 +59,10 @@ class Running:
                     "a.batch WHERE b.state IS NOT 'confirmed') + (SELECT count(*) FROM "
                     "chain_outbox o LEFT JOIN chain_batch b ON b.id = o.batch WHERE "
                     "b.state IS NOT 'confirmed')").fetchone()[0]
+            raw_path = raw_path_of(self.settings.audit_path)
+            if raw_path.exists():  # reads recorded and not yet sealed into AuditEvents
+                with closing(sqlite3.connect(raw_path)) as raw:
+                    waiting += raw.execute("SELECT count(*) FROM audit_raw").fetchone()[0]
             if waiting == 0:
                 return
             time.sleep(0.1)

@@ -16,6 +16,7 @@ import httpx
 from eth_account import Account
 
 from app.chain.devchain import DevChain, rpc
+from app.storage.sqlite_audit import raw_path_of
 from tests.conftest import patient
 from tests.live_server import LiveServer
 
@@ -63,10 +64,18 @@ class Load:
 
 
 def confirmed_and_total(db_path: Path) -> tuple[int, int]:
+    """AuditEvents confirmed on chain, and every access recorded: AuditEvents and the reads'
+    raw accesses not sealed yet (the raw file beside the audit file)."""
     with sqlite3.connect(db_path) as db:
-        return db.execute(
+        confirmed, sealed = db.execute(
             "SELECT sum(b.state IS 'confirmed'), count(*) FROM audit a "
             "LEFT JOIN chain_batch b ON b.id = a.batch").fetchone()
+    raw_path = raw_path_of(db_path)
+    raw = 0
+    if raw_path.exists():
+        with sqlite3.connect(raw_path) as db:
+            raw = db.execute("SELECT count(*) FROM audit_raw").fetchone()[0]
+    return confirmed or 0, sealed + raw
 
 
 def test_chain_down_and_kill_9_lose_and_double_nothing(tmp_path: Path) -> None:
