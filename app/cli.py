@@ -21,7 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
     from web3.exceptions import Web3Exception
 
     from app.chain.deploy import DeployError
-    from app.chain.devchain import DevChain, DevChainError
+    from app.chain.devchain import DevChain, DevChainError, stop_process
     from app.chain.node import ChainError, describe, start_chain
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
@@ -70,7 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 130
     finally:
         if anchoring is not None:
-            _stop_process(anchoring)
+            stop_process(anchoring)
         if dev is not None:
             dev.stop()
     return 0
@@ -84,16 +84,6 @@ def _start_anchor_process() -> subprocess.Popen[bytes]:
     # niced from its start: answering requests comes first (app/chain/node.py)
     return subprocess.Popen(niced([sys.executable, "-m", "app.cli", "anchor"]),
                             stdin=subprocess.DEVNULL)
-
-
-def _stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _anchor(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.chain.devchain import free_loopback_port
+from app.chain.devchain import free_loopback_port, stop_process
 
 VERSION = "v1.24.0"
 
@@ -80,14 +80,8 @@ class FerretDB:
 
     def stop(self, grace: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, grace)
 
     def kill(self) -> None:
         """SIGKILL: what a crash leaves behind."""

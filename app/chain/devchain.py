@@ -79,6 +79,17 @@ def rpc(url: str, method: str, params: list[object] | None = None, timeout: floa
 BACKGROUND_NICE = 10
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL when it has not exited after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def niced(argv: list[str]) -> list[str]:
     """`argv` run through nice(1) at BACKGROUND_NICE (as is when there is no nice(1))."""
     nice = shutil.which("nice")
@@ -149,12 +160,7 @@ class DevChain:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout)
         if proc.stderr:
             proc.stderr.close()
 
