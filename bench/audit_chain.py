@@ -65,9 +65,10 @@ import orjson
 
 from app.storage.sqlite_audit import raw_path_of
 from bench import sections
+from bench.args import add_common, size_overrides
 from bench.auth_overhead import BenchError, check_paths, group_cpu_seconds, system_paths
 from bench.load import DatasetSpec, dir_bytes, load_dataset, working_copy
-from bench.profile import Recording, ensure_py_spy, summarize
+from bench.profile import ensure_py_spy, profiled, summarize
 from bench.report import _num
 from bench.server import HOST, REPO, ServerProcess, stop_on_signals, yilian_server
 from bench.stats import Metric
@@ -511,13 +512,7 @@ def profile_audited(spy: str, server: ServerProcess, fn: WrkRun, seconds: float,
     """py-spy on the audited server during one more saturated run: the share of its samples in
     audit-trail code (by total time) and the busiest functions overall (by own time)."""
     raw = log_dir / "profile-audited.txt"
-    recording = Recording(spy, server.pid, raw, seconds)
-    try:
-        result: WrkResult = fn()
-    finally:
-        with contextlib.suppress(Exception):
-            recording.wait()
-        recording.kill()
+    result = profiled(spy, server.pid, raw, seconds, fn)
     summary = summarize(raw, top=80)
     return {"seconds": seconds, "samples": summary["samples"],
             "requests_per_s": result.requests_per_s, "failed": result.failed,
@@ -810,45 +805,22 @@ def anvil_version() -> str:
 def parse_args(argv: list[str] | None) -> tuple[AuditConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m bench.audit_chain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="100 × 100 data set, 2 rounds of 2 s runs: checks the harness")
-    parser.add_argument("--runs", type=int, help="rounds of (unaudited, audited) runs (≥ 2)")
-    parser.add_argument("--seconds", type=float, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, help="wrk connections")
+    add_common(parser, kind="audit", docs=DOCS,
+               quick="100 × 100 data set, 2 rounds of 2 s runs: checks the harness",
+               runs="rounds of (unaudited, audited) runs (≥ 2)")
     parser.add_argument("--paced-rate", type=float, help="requests/s of the paced runs")
     parser.add_argument("--paced-runs", type=int, help="paced runs (0: none)")
     parser.add_argument("--backlog-seconds", type=float,
                         help="seconds of audited reads with the chain off whose backlog is then "
                              "drained (anchoring alone; 0: skip)")
-    parser.add_argument("--patients", type=int, help="override the data set's patient count")
-    parser.add_argument("--observations", type=int, help="override Observations per patient")
-    parser.add_argument("--docs", action="store_true",
-                        help="also write docs/performance.md in quick mode")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="never write docs/performance.md (results only)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the audited server with py-spy during one more "
                              "saturated run")
-    parser.add_argument("--keep-work", action="store_true",
-                        help="keep the working stores under bench/.cache/audit-work-*")
-    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
-                        help="measure nothing: write the section of a saved run "
-                             "(bench/results/audit-<timestamp>.json) into --out again")
-    parser.add_argument("--out", type=Path, default=DOCS,
-                        help="the document --render writes (default docs/performance.md)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
-    overrides = {k: v for k, v in (("runs", args.runs), ("seconds", args.seconds),
-                                   ("connections", args.connections),
-                                   ("paced_rate", args.paced_rate),
-                                   ("patients", args.patients),
-                                   ("observations_per_patient", args.observations))
-                 if v is not None}
-    if any(v <= 0 for v in overrides.values()):
-        parser.error("--runs, --seconds, --connections, --paced-rate, --patients and "
-                     "--observations must be positive")
-    if overrides.get("runs", 2) < 2:
-        parser.error("--runs must be at least 2 (a median and a range need two rounds)")
+    overrides = size_overrides(
+        parser, args, min_runs=2, why="a median and a range need two rounds",
+        extra=(("paced_rate", "--paced-rate", args.paced_rate),))
     if args.backlog_seconds is not None:
         if args.backlog_seconds < 0:
             parser.error("--backlog-seconds must be 0 or more")

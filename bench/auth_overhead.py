@@ -36,7 +36,6 @@ that did not check them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import os
 import random
@@ -55,8 +54,9 @@ from urllib.parse import quote
 import orjson
 
 from bench import sections
+from bench.args import add_common, size_overrides
 from bench.load import DatasetSpec, dir_bytes, load_dataset, working_copy
-from bench.profile import Recording, ensure_py_spy, summarize
+from bench.profile import ensure_py_spy, profiled, summarize
 from bench.report import _num
 from bench.server import HOST, REPO, ServerProcess, stop_on_signals, yilian_server
 from bench.stats import Metric
@@ -315,15 +315,9 @@ def auth_frames(summary: dict[str, Any], top: int = 8) -> list[dict[str, Any]]:
 def profile_authorized(spy: str, wrk: str, smart: ServerProcess, target: Target,
                        cfg: AuthConfig, log_dir: Path, wrk_log: Path) -> dict[str, Any]:
     raw = log_dir / "profile-smart.txt"
-    recording = Recording(spy, smart.pid, raw, cfg.profile_seconds)
-    try:
-        result = run_wrk(wrk, target.port, target.paths_file, seconds=cfg.profile_seconds,
-                         connections=cfg.connections, log_path=wrk_log,
-                         headers_file=target.headers_file)
-    finally:
-        with contextlib.suppress(Exception):
-            recording.wait()
-        recording.kill()
+    result = profiled(spy, smart.pid, raw, cfg.profile_seconds, lambda: run_wrk(
+        wrk, target.port, target.paths_file, seconds=cfg.profile_seconds,
+        connections=cfg.connections, log_path=wrk_log, headers_file=target.headers_file))
     summary = summarize(raw, top=80)
     return {"seconds": cfg.profile_seconds, "samples": summary["samples"],
             "requests_per_s": result.requests_per_s, "failed": result.failed,
@@ -535,42 +529,18 @@ def render(results: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> tuple[AuthConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m bench.auth_overhead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="100 × 100 data set, 3 rounds of 2 s runs: checks the harness")
-    parser.add_argument("--runs", type=int, help="rounds of (open, open + header, authorized) "
-                        "runs per variant (≥ 3)")
-    parser.add_argument("--seconds", type=float, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, help="wrk connections")
-    parser.add_argument("--patients", type=int, help="override the data set's patient count")
-    parser.add_argument("--observations", type=int, help="override Observations per patient")
-    parser.add_argument("--docs", action="store_true",
-                        help="also write docs/performance.md in quick mode")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="never write docs/performance.md (results only)")
+    add_common(parser, kind="auth", docs=DOCS,
+               quick="100 × 100 data set, 3 rounds of 2 s runs: checks the harness",
+               runs="rounds of (open, open + header, authorized) runs per variant (≥ 3)")
     parser.add_argument("--variant", choices=("both", "system", "patient"), default="both",
                         help="measure only one variant (default both; the target is system's)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction,
                         help="profile the authorized server with py-spy after the timed runs "
                              "(default: on in the full mode, off with --quick)")
-    parser.add_argument("--keep-work", action="store_true",
-                        help="keep the working stores under bench/.cache/auth-work-*")
-    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
-                        help="measure nothing: write the section of a saved run "
-                             "(bench/results/auth-<timestamp>.json) into --out again")
-    parser.add_argument("--out", type=Path, default=DOCS,
-                        help="the document --render writes (default docs/performance.md)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
-    overrides = {k: v for k, v in (("runs", args.runs), ("seconds", args.seconds),
-                                   ("connections", args.connections),
-                                   ("patients", args.patients),
-                                   ("observations_per_patient", args.observations))
-                 if v is not None}
-    if any(v <= 0 for v in overrides.values()):
-        parser.error("--runs, --seconds, --connections, --patients and --observations must be "
-                     "positive")
-    if overrides.get("runs", 3) < 3:
-        parser.error("--runs must be at least 3 (rounds of open and authorized runs)")
+    overrides = size_overrides(parser, args, min_runs=3,
+                               why="rounds of open and authorized runs")
     return replace(cfg, **overrides), args
 
 

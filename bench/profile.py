@@ -8,6 +8,7 @@ into the functions where the time goes: by own time (the leaf of each sample) an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,11 +16,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.text import is_digits
+
+T = TypeVar("T")
 
 PY_SPY_VERSION = "0.4.3"
 # A collapsed-stack frame: "function (path/to/file.py:123)".
@@ -73,6 +77,18 @@ class Recording:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def profiled(binary: str, pid: int, out: Path, seconds: float, workload: Callable[[], T]) -> T:
+    """`workload()` while py-spy records `pid` into `out`; the recording is collected (or
+    stopped) whatever the workload does."""
+    recording = Recording(binary, pid, out, seconds)
+    try:
+        return workload()
+    finally:
+        with contextlib.suppress(Exception):
+            recording.wait()
+        recording.kill()
 
 
 # Leaves where a sampled thread waits rather than works: the reader/writer pools' idle threads

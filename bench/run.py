@@ -19,7 +19,6 @@ server started here is stopped on the way out, also on error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import importlib.metadata
 import importlib.util
@@ -55,7 +54,7 @@ from bench.load import (
     stale_caches,
     working_copy,
 )
-from bench.profile import PY_SPY_VERSION, Recording, ensure_py_spy, summarize
+from bench.profile import PY_SPY_VERSION, ensure_py_spy, profiled, summarize
 from bench.report import render
 from bench.sections import carry_sections
 from bench.server import (
@@ -417,13 +416,8 @@ def profile(bench: Bench, spy: str, target: Measurement, why: str, dataset: Data
     else:
         var_dir = bench.work / "store"
     with yilian_server(var_dir, bench.log_dir / "server-profile.log") as server:
-        recording = Recording(spy, server.pid, raw, seconds)
-        try:
-            workload = run_profile_workload(bench, server, target.id, paths, seconds)
-        finally:
-            with contextlib.suppress(Exception):
-                recording.wait()
-            recording.kill()
+        workload = profiled(spy, server.pid, raw, seconds, lambda: run_profile_workload(
+            bench, server, target.id, paths, seconds))
     info["workload"] = workload
     info["summary"] = summarize(raw)
     return info
