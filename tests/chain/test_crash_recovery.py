@@ -20,6 +20,7 @@ from app.chain.anchorer import Anchorer
 from app.chain.deploy import connect
 from app.chain.devchain import REPO_ROOT, DevChain
 from app.chain.node import ChainHandle
+from app.config import Settings
 from tests.chain.anchoring import (
     assert_anchored_once,
     db_rows,
@@ -69,6 +70,19 @@ def confirmed_entries(db: Path) -> int:
     return int(n)
 
 
+def take_over_and_drain(db: Path, settings: Settings, handle: ChainHandle) -> None:
+    """A new worker waits for the dead one's lease to expire, then anchors everything left."""
+    survivor = Anchorer(db, settings, lambda: handle)
+    try:
+        deadline = time.monotonic() + 30
+        while asyncio.run(survivor.run_once()) == 0 and outstanding(db):
+            assert time.monotonic() < deadline, "the dead worker's lease never expired"
+            time.sleep(0.2)
+        drain(survivor, db)
+    finally:
+        survivor.close()
+
+
 def test_workers_killed_mid_drain_leave_every_access_anchored_exactly_once(
         tmp_path: Path, chain: DevChain) -> None:
     db = make_db(tmp_path / "yilian.sqlite3")
@@ -96,16 +110,8 @@ def test_workers_killed_mid_drain_leave_every_access_anchored_exactly_once(
         assert outstanding(db) > 0, "the worker finished before it was killed"
         killed_with.append(in_flight(db))
 
-    settings = make_settings(tmp_path, anchor_batch_size=200, anchor_interval_ms=20)
-    survivor = Anchorer(db, settings, lambda: handle)
-    try:
-        deadline = time.monotonic() + 30
-        while asyncio.run(survivor.run_once()) == 0 and outstanding(db):
-            assert time.monotonic() < deadline, "the dead worker's lease never expired"
-            time.sleep(0.2)
-        drain(survivor, db)
-    finally:
-        survivor.close()
+    take_over_and_drain(db, make_settings(tmp_path, anchor_batch_size=200,
+                                          anchor_interval_ms=20), handle)
     print(f"\nbatches in flight at each kill: {killed_with}")
     assert_anchored_once(db, connect(chain.url, poa=False), handle, entries)
     assert db_rows(db, "SELECT count(*) FROM chain_batch WHERE state != 'confirmed'") == [(0,)]
@@ -135,15 +141,7 @@ def test_a_worker_killed_while_the_chain_is_down_loses_nothing_when_both_come_ba
         assert outstanding(db) > 500
         dev.start()
 
-        survivor = Anchorer(db, make_settings(tmp_path, anchor_batch_size=200), lambda: handle)
-        try:
-            deadline = time.monotonic() + 30
-            while asyncio.run(survivor.run_once()) == 0 and outstanding(db):
-                assert time.monotonic() < deadline, "the dead worker's lease never expired"
-                time.sleep(0.2)
-            drain(survivor, db)
-        finally:
-            survivor.close()
+        take_over_and_drain(db, make_settings(tmp_path, anchor_batch_size=200), handle)
         assert_anchored_once(db, connect(dev.url, poa=False), handle, entries)
     finally:
         dev.stop()
