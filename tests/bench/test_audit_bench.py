@@ -50,15 +50,8 @@ from bench.audit_chain import (
     write_section,
 )
 from bench.sections import replace_section
-from bench.wrk import SCRIPT, WrkResult, run_wrk, write_paths
-
-NO_ERRORS = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
-
-
-def run(rps: float, **errors: int) -> WrkResult:
-    return WrkResult(requests=int(rps * 10), seconds=10.0, requests_per_s=rps, p50_ms=1.0,
-                     p90_ms=2.0, p99_ms=3.0, max_ms=9.0, mean_ms=1.2,
-                     errors={**NO_ERRORS, **errors})
+from bench.wrk import SCRIPT, run_wrk, write_paths
+from tests.bench.wrk_results import run
 
 
 def test_each_audited_run_is_divided_by_the_unaudited_run_before_it() -> None:
